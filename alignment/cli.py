@@ -1,0 +1,77 @@
+"""The `alignment` command: `alignment train --config RECIPE.yaml [--section.key=value ...]`
+and `alignment losses`."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+
+from alignment.config import ConfigError, load_config
+
+
+def split_args(argv: list[str]) -> tuple[str | None, list[str]]:
+    """`--config PATH` (or `--config=PATH`) plus dotted overrides `--section.key=value`."""
+    config, overrides, i = None, [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--config":
+            if i + 1 >= len(argv):
+                raise ConfigError("--config needs a recipe path")
+            config, i = argv[i + 1], i + 2
+            continue
+        if arg.startswith("--config="):
+            config = arg.split("=", 1)[1]
+        elif arg.startswith("--") and "." in arg.split("=", 1)[0]:
+            overrides.append(arg)
+        else:
+            raise ConfigError(
+                f"unexpected argument {arg!r}; use --config RECIPE.yaml and --section.key=value overrides"
+            )
+        i += 1
+    if config is None:
+        raise ConfigError("--config RECIPE.yaml is required")
+    return config, overrides
+
+
+def train_main(argv: list[str]) -> int:
+    try:
+        path, overrides = split_args(argv)
+        config = load_config(path, overrides)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"alignment: config error: {err}", file=sys.stderr)
+        return 2
+    from alignment.run import train
+
+    train(config)
+    return 0
+
+
+def losses_main(argv: list[str]) -> int:
+    from alignment.losses import available_losses
+
+    for name, cls in available_losses().items():
+        params = ", ".join(f"{k}={v!r}" for k, v in cls.parameters().items())
+        reference = "needs reference" if cls.needs_reference else "reference-free"
+        summary = (inspect.getdoc(cls) or "").splitlines()[0]
+        print(
+            f"{name}: {summary}\n    paper: {cls.paper}\n    formula: {cls.formula}\n    parameters: {params}  ({reference})"
+        )
+    return 0
+
+
+COMMANDS = {"train": train_main, "losses": losses_main}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        parser = argparse.ArgumentParser(prog="alignment", description="Preference alignment for language models.")
+        parser.add_argument("command", choices=sorted(COMMANDS))
+        parser.print_help(sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    return COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

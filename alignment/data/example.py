@@ -1,0 +1,33 @@
+"""The one row format every layout is adapted to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+Message = dict[str, str]
+Text = Union[str, list[Message]]
+
+
+@dataclass
+class PreferenceExample:
+    """A prompt with K >= 2 scored completions (higher score is better, equal is a tie).
+
+    `prompt` is a string or a list of chat messages; each completion is a string or a
+    list of (assistant) messages. Pairwise data is K = 2 with scores [1, 0]."""
+
+    prompt: Text
+    completions: list[Text]
+    scores: list[float]
+
+
+class BadRowError(ValueError):
+    """A dataset row that cannot become a PreferenceExample. Names the row, its source
+    and what is wrong, so that a user can find and fix it."""
+
+    def __init__(self, source: str, index: int, reason: str, detail: str) -> None:
+        self.source = source
+        self.index = index
+        self.reason = reason  # short machine-readable key, e.g. "missing_column"
+        self.detail = detail
+        super().__init__(f"bad row {index} in {source}: {detail} [{reason}]")

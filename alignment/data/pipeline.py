@@ -1,0 +1,305 @@
+"""The whole data path: sources -> adapted rows -> bad-row policy -> mixture -> tokens.
+
+Every step is a `datasets` transform (map / filter / shuffle / select), so each one is
+cached under a fingerprint of its inputs and a second run on the same data and
+settings reloads the results instead of recomputing them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import pyarrow.compute as pc
+
+from alignment.config import DataConfig, SourceConfig
+from alignment.data import adapters as adapters_module
+from alignment.data import example as example_module
+from alignment.data.adapters import adapt_row, detect_layout
+from alignment.data.example import BadRowError
+from alignment.data.sources import load_source, mix, source_label, take_fraction
+from alignment.data.tokenize import STATS_COLUMNS, resolve_chat_template, tokenize_dataset
+
+logger = logging.getLogger(__name__)
+
+# Prompt and completions are kept as JSON text between adaptation and tokenization:
+# they are strings in one source and message lists in another, and one string column
+# lets every source (and every bad row) share the same features.
+ADAPTED_FEATURES = datasets.Features(
+    {
+        "example": datasets.Value("string"),
+        "scores": datasets.List(datasets.Value("float64")),
+        "_index": datasets.Value("int64"),
+        "_bad_reason": datasets.Value("string"),
+        "_bad_detail": datasets.Value("string"),
+    }
+)
+BOOKKEEPING_COLUMNS = ["_index", "_bad_reason", "_bad_detail"]
+
+# `datasets` fingerprints a module-level function by its name only; salting the map with
+# the adapters' source makes edited adapters recompute instead of reusing a stale cache.
+ADAPT_CODE_VERSION = hashlib.sha256(
+    b"".join(Path(module.__file__).read_bytes() for module in (adapters_module, example_module))
+    + Path(__file__).read_bytes()
+).hexdigest()[:16]
+
+
+@dataclass
+class SourceReport:
+    """What happened to one source's rows."""
+
+    source: str
+    split: str  # "train" or "test": the part of the recipe the source belongs to
+    layout: str
+    rows_loaded: int
+    rows_used: int = 0  # after dropping bad rows and taking the source's fraction
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> rows dropped
+    prompts_truncated: int = 0
+    completions_truncated: int = 0
+    tokens_dropped: int = 0
+
+
+@dataclass
+class DataReport:
+    """Rows per source, bad rows skipped per reason, truncation, and list sizes."""
+
+    sources: list[SourceReport]
+    rows: dict[str, int]  # split -> number of lists (prompts)
+    k_distribution: dict[str, dict[int, int]]  # split -> {K: number of lists with K completions}
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        total: Counter[str] = Counter()
+        for source in self.sources:
+            total.update(source.skipped)
+        return dict(sorted(total.items()))
+
+    @property
+    def prompts_truncated(self) -> int:
+        return sum(s.prompts_truncated for s in self.sources)
+
+    @property
+    def completions_truncated(self) -> int:
+        return sum(s.completions_truncated for s in self.sources)
+
+    @property
+    def tokens_dropped(self) -> int:
+        return sum(s.tokens_dropped for s in self.sources)
+
+    def summary(self) -> str:
+        lines = ["data:"]
+        for s in self.sources:
+            skipped = ", ".join(f"{reason}={n}" for reason, n in sorted(s.skipped.items())) or "none"
+            lines.append(
+                f"  [{s.split}] {s.source} ({s.layout}): {s.rows_loaded} rows loaded, {s.rows_used} used; "
+                f"skipped: {skipped}; truncated: {s.prompts_truncated} prompts, "
+                f"{s.completions_truncated} completions, {s.tokens_dropped} tokens dropped"
+            )
+        for split, n in self.rows.items():
+            sizes = ", ".join(f"K={k}: {count}" for k, count in sorted(self.k_distribution.get(split, {}).items()))
+            lines.append(f"  {split}: {n} lists ({sizes or 'empty'})")
+        skipped_total = sum(self.skipped.values())
+        lines.append(
+            f"  total: {skipped_total} rows skipped, {self.prompts_truncated} prompts and "
+            f"{self.completions_truncated} completions truncated, {self.tokens_dropped} tokens dropped"
+        )
+        return "\n".join(lines)
+
+    def log(self, log: logging.Logger) -> None:
+        log.info("%s", self.summary())
+        if self.skipped:
+            log.warning("skipped bad rows: %s", ", ".join(f"{r}={n}" for r, n in self.skipped.items()))
+        if self.tokens_dropped:
+            log.warning(
+                "truncation dropped %d tokens (%d prompts, %d completions cut); see data.max_length and "
+                "data.max_prompt_length",
+                self.tokens_dropped,
+                self.prompts_truncated,
+                self.completions_truncated,
+            )
+
+
+@dataclass
+class PreparedData:
+    """Tokenized train and test sets (columns prompt_input_ids, completion_input_ids, scores)."""
+
+    train: datasets.Dataset
+    test: datasets.Dataset | None
+    report: DataReport
+
+
+def build_datasets(cfg: DataConfig, tokenizer: Any, require_order: bool = True) -> PreparedData:
+    """Load, adapt, check, mix and tokenize the recipe's data, and log the report.
+
+    Per source: rows -> PreferenceExample (bad rows raise or are counted, per
+    `cfg.bad_rows`), then the first ceil(fraction * n) good rows after a seeded
+    shuffle, then tokens. Sources are concatenated and shuffled; with no test sources
+    `test_size` is split off the training mixture.
+
+    `require_order`: rows whose scores are all equal are bad (losses that learn from an
+    order have nothing to learn from them)."""
+    chat_template = resolve_chat_template(cfg.chat_template)
+    reports: list[SourceReport] = []
+    train = _prepare_split(cfg.train, "train", cfg, tokenizer, chat_template, require_order, reports)
+    test = None
+    if cfg.test:
+        test = _prepare_split(cfg.test, "test", cfg, tokenizer, chat_template, require_order, reports)
+        if cfg.test_size > 0:
+            logger.warning("data.test_size=%s is ignored: data.test gives the test sources", cfg.test_size)
+    elif cfg.test_size > 0:
+        parts = train.train_test_split(test_size=cfg.test_size, seed=cfg.seed)
+        train, test = parts["train"], parts["test"]
+
+    splits = {"train": train} if test is None else {"train": train, "test": test}
+    report = DataReport(
+        sources=reports,
+        rows={name: len(ds) for name, ds in splits.items()},
+        k_distribution={name: _k_distribution(ds) for name, ds in splits.items()},
+    )
+    report.log(logger)
+    return PreparedData(train=train, test=test, report=report)
+
+
+def _prepare_split(
+    sources: list[SourceConfig],
+    split: str,
+    cfg: DataConfig,
+    tokenizer: Any,
+    chat_template: str | None,
+    require_order: bool,
+    reports: list[SourceReport],
+) -> datasets.Dataset:
+    parts = []
+    for src in sources:
+        dataset, report = _prepare_source(src, split, cfg, tokenizer, chat_template, require_order)
+        parts.append(dataset)
+        reports.append(report)
+    mixed = mix(parts, cfg.seed)
+    if len(mixed) == 0:
+        raise ValueError(f"data.{split}: no usable rows left in {[source_label(s) for s in sources]}")
+    return mixed
+
+
+def _prepare_source(
+    src: SourceConfig, split: str, cfg: DataConfig, tokenizer: Any, chat_template: str | None, require_order: bool
+) -> tuple[datasets.Dataset, SourceReport]:
+    label = source_label(src)
+    raw = load_source(src)
+    try:
+        layout = detect_layout(raw.column_names) if src.layout == "auto" else src.layout
+    except ValueError as err:
+        raise ValueError(f"data source {label}: {err}") from None
+    report = SourceReport(source=label, split=split, layout=layout, rows_loaded=len(raw))
+
+    adapted = _adapt_dataset(raw, layout, label, require_order, cfg.num_proc)
+    adapted = _apply_policy(adapted, cfg.bad_rows, label, report, cfg.num_proc)
+    # The fraction is taken of the good rows, so it is the share of usable data.
+    adapted = take_fraction(adapted, src.fraction, cfg.seed)
+
+    tokenized = tokenize_dataset(
+        adapted,
+        tokenizer,
+        max_length=cfg.max_length,
+        max_prompt_length=cfg.max_prompt_length,
+        chat_template=chat_template,
+        num_proc=cfg.num_proc,
+    )
+    tokenized = _apply_policy(tokenized, cfg.bad_rows, label, report, cfg.num_proc)
+
+    stats = tokenized.select_columns(list(STATS_COLUMNS)).with_format("arrow")[:]
+    report.prompts_truncated = _sum(stats, "prompt_truncated")
+    report.completions_truncated = _sum(stats, "completions_truncated")
+    report.tokens_dropped = _sum(stats, "tokens_dropped")
+    report.rows_used = len(tokenized)
+    return tokenized.remove_columns(BOOKKEEPING_COLUMNS + list(STATS_COLUMNS)), report
+
+
+def _adapt_dataset(
+    raw: datasets.Dataset, layout: str, label: str, require_order: bool, num_proc: int | None
+) -> datasets.Dataset:
+    """Rows -> JSON-encoded PreferenceExamples, bad rows marked in `_bad_reason`."""
+    if len(raw) == 0:  # map would give an empty dataset none of the new columns
+        return _empty(ADAPTED_FEATURES)
+    return raw.map(
+        _adapt_batch,
+        batched=True,
+        with_indices=True,
+        fn_kwargs={
+            "layout": layout,
+            "source": label,
+            "require_order": require_order,
+            "code_version": ADAPT_CODE_VERSION,
+        },
+        remove_columns=raw.column_names,
+        features=ADAPTED_FEATURES,
+        num_proc=num_proc,
+        desc=f"Adapting {label}",
+    )
+
+
+def _adapt_batch(
+    batch: dict[str, list[Any]], indices: list[int], *, layout: str, source: str, require_order: bool, code_version: str
+) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {name: [] for name in ADAPTED_FEATURES}
+    columns = list(batch)
+    for position, index in enumerate(indices):
+        row = {column: batch[column][position] for column in columns}
+        try:
+            adapted = adapt_row(row, layout, source, index, require_order)
+        except BadRowError as err:
+            out["example"].append("")
+            out["scores"].append([])
+            out["_bad_reason"].append(err.reason)
+            out["_bad_detail"].append(err.detail)
+        else:
+            fields = {"prompt": adapted.prompt, "completions": adapted.completions}
+            out["example"].append(json.dumps(fields, ensure_ascii=False))
+            out["scores"].append(adapted.scores)
+            out["_bad_reason"].append("")
+            out["_bad_detail"].append("")
+        out["_index"].append(index)
+    return out
+
+
+def _apply_policy(
+    dataset: datasets.Dataset, policy: str, label: str, report: SourceReport, num_proc: int | None
+) -> datasets.Dataset:
+    """`error`: raise for the first bad row. `skip`: drop bad rows, counting each reason."""
+    reasons = dataset.select_columns(["_bad_reason"]).with_format("arrow")[:].column("_bad_reason")
+    bad = pc.not_equal(reasons, "")
+    if not pc.any(bad).as_py():
+        return dataset
+    if policy == "error":
+        row = dataset[pc.index(bad, True).as_py()]
+        raise BadRowError(label, row["_index"], row["_bad_reason"], row["_bad_detail"])
+    counts = pc.value_counts(pc.filter(reasons, bad))
+    for item in counts.to_pylist():
+        report.skipped[item["values"]] = report.skipped.get(item["values"], 0) + item["counts"]
+    return dataset.filter(
+        _is_good, input_columns="_bad_reason", batched=True, num_proc=num_proc, desc="Dropping bad rows"
+    )
+
+
+def _empty(features: datasets.Features) -> datasets.Dataset:
+    return datasets.Dataset.from_dict({name: [] for name in features}, features=features)
+
+
+def _is_good(reasons: list[str]) -> list[bool]:
+    return [not reason for reason in reasons]
+
+
+def _sum(table: Any, column: str) -> int:
+    value = pc.sum(table.column(column).cast("int64")).as_py()
+    return int(value or 0)
+
+
+def _k_distribution(dataset: datasets.Dataset) -> dict[int, int]:
+    scores = dataset.select_columns(["scores"]).with_format("arrow")[:].column("scores")
+    counts = pc.value_counts(pc.list_value_length(scores)).to_pylist()
+    return {int(item["values"]): int(item["counts"]) for item in sorted(counts, key=lambda c: c["values"])}

@@ -1,0 +1,205 @@
+"""PreferenceExample -> token ids: the prompt once, each completion after it.
+
+Plain text: the prompt gets the tokenizer's own special tokens (BOS, if any) and each
+completion ends with EOS. Chat messages: the chat template renders the prompt with the
+generation prompt, and each completion is what the template adds after it.
+Truncation keeps the end of the prompt and cuts the end of completions; every cut is
+counted in the row's stats columns, never silent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from alignment.data.example import BadRowError, PreferenceExample
+
+PROMPT_FILLS_MAX_LENGTH = "prompt_fills_max_length"
+
+# Fixed output types: the same features for every source, so sources concatenate, and
+# bad rows (empty values) never leave a column without a type.
+TOKENIZED_FEATURES = datasets.Features(
+    {
+        "prompt_input_ids": datasets.List(datasets.Value("int32")),
+        "completion_input_ids": datasets.List(datasets.List(datasets.Value("int32"))),
+        "scores": datasets.List(datasets.Value("float64")),
+        "prompt_truncated": datasets.Value("bool"),
+        "completions_truncated": datasets.Value("int32"),
+        "tokens_dropped": datasets.Value("int64"),
+        "_index": datasets.Value("int64"),
+        "_bad_reason": datasets.Value("string"),
+        "_bad_detail": datasets.Value("string"),
+    }
+)
+STATS_COLUMNS = ("prompt_truncated", "completions_truncated", "tokens_dropped")
+
+# `datasets` fingerprints a module-level function by its name only; salting the map with
+# this module's source makes an edited tokenization step recompute instead of reusing a
+# stale cache.
+CODE_VERSION = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+
+
+def resolve_chat_template(value: str | None) -> str | None:
+    """`data.chat_template` is a Jinja template or a path to a file holding one."""
+    if value is not None and os.path.isfile(value):
+        with open(value, encoding="utf-8") as handle:
+            return handle.read()
+    return value
+
+
+def tokenize_example(
+    example: PreferenceExample | Mapping[str, Any],
+    tokenizer: Any,
+    *,
+    max_length: int | None = None,
+    max_prompt_length: int | None = None,
+    chat_template: str | None = None,
+) -> dict[str, Any]:
+    """Token ids of one example plus its truncation stats.
+
+    Returns `prompt_input_ids`, `completion_input_ids` (one list per completion),
+    `scores`, `prompt_truncated`, `completions_truncated` and `tokens_dropped`.
+    Raises BadRowError("prompt_fills_max_length") when the prompt leaves no room for a
+    completion, and ValueError when conversational data has no chat template."""
+    if isinstance(example, Mapping):
+        example = PreferenceExample(example["prompt"], list(example["completions"]), list(example["scores"]))
+    if isinstance(example.prompt, str):
+        prompt_ids, completion_ids = _tokenize_text(example, tokenizer)
+    else:
+        prompt_ids, completion_ids = _tokenize_chat(example, tokenizer, chat_template)
+
+    dropped = 0
+    prompt_truncated = max_prompt_length is not None and len(prompt_ids) > max_prompt_length
+    if prompt_truncated:
+        # Keep the end: the last turn, right before the answer, matters most.
+        dropped += len(prompt_ids) - max_prompt_length
+        prompt_ids = prompt_ids[-max_prompt_length:]
+    completions_truncated = 0
+    if max_length is not None:
+        room = max_length - len(prompt_ids)
+        if room <= 0:
+            raise BadRowError(
+                "<example>",
+                -1,
+                PROMPT_FILLS_MAX_LENGTH,
+                f"the prompt has {len(prompt_ids)} tokens and max_length is {max_length}: no room for a completion",
+            )
+        for i, ids in enumerate(completion_ids):
+            if len(ids) > room:
+                completions_truncated += 1
+                dropped += len(ids) - room
+                completion_ids[i] = ids[:room]
+    return {
+        "prompt_input_ids": prompt_ids,
+        "completion_input_ids": completion_ids,
+        "scores": [float(s) for s in example.scores],
+        "prompt_truncated": prompt_truncated,
+        "completions_truncated": completions_truncated,
+        "tokens_dropped": dropped,
+    }
+
+
+def _tokenize_text(example: PreferenceExample, tokenizer: Any) -> tuple[list[int], list[list[int]]]:
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no eos_token: plain-text completions need one to end on")
+    prompt_ids = list(tokenizer(example.prompt)["input_ids"])
+    completion_ids = [
+        list(tokenizer(completion, add_special_tokens=False)["input_ids"]) + [eos] for completion in example.completions
+    ]
+    return prompt_ids, completion_ids
+
+
+def _tokenize_chat(
+    example: PreferenceExample, tokenizer: Any, chat_template: str | None
+) -> tuple[list[int], list[list[int]]]:
+    if chat_template is None and not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"the data is conversational but the tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat "
+            "template; set `data.chat_template` in the recipe (a Jinja template or a file holding one)"
+        )
+    prompt = list(example.prompt)
+    prompt_text = _render(tokenizer, prompt, chat_template, add_generation_prompt=True)
+    completion_texts = []
+    for completion in example.completions:
+        full_text = _render(tokenizer, prompt + list(completion), chat_template, add_generation_prompt=False)
+        if not full_text.startswith(prompt_text):
+            raise ValueError(
+                "the chat template does not render the conversation as the prompt (with generation prompt) "
+                f"followed by the completion, so the completion cannot be cut out; prompt: {prompt_text[-80:]!r}, "
+                f"conversation: {full_text[: len(prompt_text) + 40][-120:]!r}. Use a template that does, via "
+                "`data.chat_template`"
+            )
+        completion_texts.append(full_text[len(prompt_text) :])
+    # The template writes the special tokens itself: no BOS/EOS added on top.
+    prompt_ids = list(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
+    completion_ids = [list(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in completion_texts]
+    return prompt_ids, completion_ids
+
+
+def _render(tokenizer: Any, messages: list[Any], chat_template: str | None, add_generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=chat_template
+    )
+
+
+def tokenize_dataset(
+    dataset: datasets.Dataset,
+    tokenizer: Any,
+    *,
+    max_length: int | None,
+    max_prompt_length: int | None,
+    chat_template: str | None,
+    num_proc: int | None = None,
+) -> datasets.Dataset:
+    """Tokenize an adapted dataset (columns `example`, `scores`, `_index`) with
+    `datasets.map`, so the result is cached under a fingerprint of the inputs. Rows the
+    tokenizer rejects are kept, marked in `_bad_reason`, for the bad-row policy."""
+    if len(dataset) == 0:  # map would give an empty dataset none of the new columns
+        return datasets.Dataset.from_dict({name: [] for name in TOKENIZED_FEATURES}, features=TOKENIZED_FEATURES)
+    return dataset.map(
+        _tokenize_batch,
+        batched=True,
+        fn_kwargs={
+            "tokenizer": tokenizer,
+            "max_length": max_length,
+            "max_prompt_length": max_prompt_length,
+            "chat_template": chat_template,
+            "code_version": CODE_VERSION,
+        },
+        remove_columns=dataset.column_names,
+        features=TOKENIZED_FEATURES,
+        num_proc=num_proc,
+        desc="Tokenizing",
+    )
+
+
+def _tokenize_batch(batch: dict[str, list[Any]], code_version: str, **kwargs: Any) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {name: [] for name in TOKENIZED_FEATURES}
+    for encoded, scores, index in zip(batch["example"], batch["scores"], batch["_index"], strict=True):
+        fields = json.loads(encoded)
+        example = PreferenceExample(fields["prompt"], fields["completions"], scores)
+        try:
+            row = tokenize_example(example, **kwargs)
+            row.update(_bad_reason="", _bad_detail="")
+        except BadRowError as err:
+            row = {
+                "prompt_input_ids": [],
+                "completion_input_ids": [],
+                "scores": scores,
+                "prompt_truncated": False,
+                "completions_truncated": 0,
+                "tokens_dropped": 0,
+                "_bad_reason": err.reason,
+                "_bad_detail": err.detail,
+            }
+        row["_index"] = index
+        for name in out:
+            out[name].append(row[name])
+    return out

@@ -1,0 +1,187 @@
+"""Shared pieces of every preference loss: the input (`SequenceLogps`), the output
+(`LossOutput`), the registry, and the implicit-reward metrics all losses report."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class SequenceLogps:
+    """Per-completion log-probs of a batch of B prompts with K completions each.
+
+    All tensors are [B, K]. `policy` carries the gradient; `reference` is None for
+    reference-free losses. `mask` marks the real list items (lists shorter than K are
+    padded); padded items may hold any finite value and must never change a loss.
+    `lengths` are completion token counts (>= 1 for real items).
+    """
+
+    policy: Tensor
+    reference: Tensor | None
+    scores: Tensor
+    mask: Tensor
+    lengths: Tensor
+
+    def logratios(self) -> Tensor:
+        """policy - reference (policy alone when there is no reference)."""
+        if self.reference is None:
+            return self.policy
+        return self.policy - self.reference
+
+    def masked(self) -> SequenceLogps:
+        """A copy whose padded items hold 0 (log-probs, scores) and length 1.
+
+        Losses call this first: padded slots may hold anything finite (or zero lengths),
+        and `torch.where` after a division or a large subtraction would still send NaN
+        gradients back through the discarded branch. Cleaning the inputs avoids that."""
+        mask = self.mask.bool()
+
+        def clean(t: Tensor | None, fill: float) -> Tensor | None:
+            return None if t is None else torch.where(mask, t, torch.full_like(t, fill))
+
+        return SequenceLogps(
+            policy=clean(self.policy, 0.0),
+            reference=clean(self.reference, 0.0),
+            scores=clean(self.scores, 0.0),
+            mask=mask,
+            lengths=clean(self.lengths, 1).clamp(min=1),
+        )
+
+
+@dataclass
+class LossOutput:
+    """`loss` is a scalar; `metrics` maps metric names to scalar (detached) means over
+    the batch. `counts` gives, for a metric whose mean is not over the batch's lists,
+    the number of items it averaged (e.g. scored pairs for `reward_accuracy`), so that a
+    trainer can average exactly across batches and processes."""
+
+    loss: Tensor
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+    counts: dict[str, Tensor] = field(default_factory=dict)
+
+
+class LossParameterError(ValueError):
+    """A loss was given a parameter it does not take, or a value out of its range."""
+
+
+class UnknownLossError(KeyError):
+    """`get_loss` was asked for a name that is not registered."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class PreferenceLoss:
+    """Base of every registered loss. Subclasses are dataclasses whose fields are the
+    loss's parameters (typed, with the paper's defaults); `__post_init__` checks ranges.
+
+    Class attributes: `name` (registry key, set by `register_loss`), `paper` (citation),
+    `formula` (one line), `needs_reference` (False lets the trainer skip the reference
+    forward entirely)."""
+
+    name: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    formula: ClassVar[str] = ""
+    needs_reference: ClassVar[bool] = True
+
+    @property
+    def reward_scale(self) -> float:
+        """Scale of the implicit reward scale * (policy - reference) used in metrics."""
+        return float(getattr(self, "beta", 1.0))
+
+    def __call__(self, logps: SequenceLogps) -> LossOutput:
+        raise NotImplementedError
+
+    @classmethod
+    def parameters(cls) -> dict[str, Any]:
+        """Parameter name -> default, in declaration order."""
+        return {f.name: f.default for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+
+
+def check_range(
+    owner: str,
+    name: str,
+    value: Any,
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+) -> float:
+    """`value` as a float, or LossParameterError naming the parameter and its range,
+    e.g. "rdpo: epsilon must satisfy 0 <= epsilon < 0.5, got 0.7"."""
+    lower = f"{gt:g} < " if gt is not None else f"{ge:g} <= " if ge is not None else ""
+    upper = f" < {lt:g}" if lt is not None else f" <= {le:g}" if le is not None else ""
+    if lower and not upper:  # read "beta > 0", not "0 < beta"
+        allowed = f"{name} {'>' if gt is not None else '>='} {gt if gt is not None else ge:g}"
+    else:
+        allowed = f"{lower}{name}{upper}"
+    # bool is an int subclass; `beta: true` in YAML is a mistake, not 1.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise LossParameterError(f"{owner}: {name} must be a finite number with {allowed}, got {value!r}")
+    ok = (
+        (gt is None or value > gt)
+        and (ge is None or value >= ge)
+        and (lt is None or value < lt)
+        and (le is None or value <= le)
+    )
+    if not ok:
+        raise LossParameterError(f"{owner}: {name} must satisfy {allowed}, got {value!r}")
+    return float(value)
+
+
+def check_choice(owner: str, name: str, value: Any, allowed: Iterable[Any]) -> Any:
+    """`value` if it is one of `allowed`, else LossParameterError listing them."""
+    allowed = tuple(allowed)
+    if isinstance(value, bool) != isinstance(allowed[0], bool) or value not in allowed:
+        raise LossParameterError(f"{owner}: {name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+    return value
+
+
+_REGISTRY: dict[str, type[PreferenceLoss]] = {}
+
+
+def register_loss(name: str):
+    """Class decorator: `@register_loss("dpo")` makes the loss available to `get_loss`."""
+
+    def wrap(cls: type[PreferenceLoss]) -> type[PreferenceLoss]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"loss {name!r} is already registered by {_REGISTRY[name].__qualname__}")
+        if not dataclasses.is_dataclass(cls):
+            raise TypeError(f"loss {name!r} must be a dataclass so its parameters can be validated")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def available_losses() -> dict[str, type[PreferenceLoss]]:
+    """Registered loss name -> class, sorted by name."""
+    return dict(sorted(_REGISTRY.items()))
+
+
+def loss_class(name: str) -> type[PreferenceLoss]:
+    if name not in _REGISTRY:
+        raise UnknownLossError(f"unknown loss {name!r}; available losses: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def get_loss(name: str, **params: Any) -> PreferenceLoss:
+    """Build a registered loss, validating its parameters (names and ranges)."""
+    cls = loss_class(name)
+    allowed = cls.parameters()
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        listed = ", ".join(f"{k} (default {v!r})" for k, v in allowed.items())
+        raise LossParameterError(
+            f"loss {name!r} has no parameter {', '.join(map(repr, unknown))}; its parameters are: {listed}"
+        )
+    return cls(**params)

@@ -1,0 +1,77 @@
+"""Weighted sums of registered losses, built from the recipe's `loss:` list."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from alignment.losses.base import LossOutput, LossParameterError, PreferenceLoss, SequenceLogps, get_loss
+
+
+class CompositeLoss(PreferenceLoss):
+    """loss = sum_i weight_i * loss_i over (weight, loss) terms.
+
+    Metrics are the first term's (the shared reward vocabulary and its parts) plus
+    `loss/<name>` with each term's unweighted loss; a name used twice gets a suffix
+    `_<index>` from its second use on. `needs_reference` is true when any term needs it."""
+
+    paper = "weighted sum of registered losses"
+    formula = "sum_i weight_i * loss_i"
+
+    def __init__(self, terms: Iterable[tuple[float, PreferenceLoss]]) -> None:
+        self.terms = [(float(weight), loss) for weight, loss in terms]
+        if not self.terms:
+            raise LossParameterError("a composite loss needs at least one term")
+        # Instance attributes shadow the class-level flags the trainer reads.
+        self.needs_reference = any(loss.needs_reference for _, loss in self.terms)
+        self.name = " + ".join(f"{weight:g} * {loss.name}" for weight, loss in self.terms)
+        self._keys: list[str] = []
+        for i, (_, loss) in enumerate(self.terms):
+            key = f"loss/{loss.name}"
+            self._keys.append(key if key not in self._keys else f"{key}_{i}")
+
+    @property
+    def reward_scale(self) -> float:
+        return self.terms[0][1].reward_scale
+
+    @classmethod
+    def parameters(cls) -> dict[str, Any]:
+        return {}
+
+    def __call__(self, logps: SequenceLogps) -> LossOutput:
+        outputs = [loss(logps) for _, loss in self.terms]
+        total = sum(weight * out.loss for (weight, _), out in zip(self.terms, outputs, strict=True))
+        metrics, counts = dict(outputs[0].metrics), dict(outputs[0].counts)
+        for key, out in zip(self._keys, outputs, strict=True):
+            metrics[key] = out.loss.detach()
+        return LossOutput(loss=total, metrics=metrics, counts=counts)
+
+    def __repr__(self) -> str:
+        return f"CompositeLoss({self.terms!r})"
+
+
+def _field(spec: Any, name: str, default: Any) -> Any:
+    if isinstance(spec, Mapping):
+        return spec.get(name, default)
+    return getattr(spec, name, default)
+
+
+def build_loss(specs: Iterable[Any]) -> PreferenceLoss:
+    """The loss of a recipe's `loss:` list: items with `name`, `params` (dict) and
+    `weight` (float), as `alignment.config.LossSpec` objects or plain dicts. One term of
+    weight 1.0 is returned as the registered loss itself; anything else is composite."""
+    terms: list[tuple[float, PreferenceLoss]] = []
+    for spec in specs:
+        name = _field(spec, "name", None)
+        if name is None:
+            raise LossParameterError(f"loss spec {spec!r} has no name")
+        weight = _field(spec, "weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+            raise LossParameterError(f"loss {name!r}: weight must be a finite number >= 0, got {weight!r}")
+        terms.append((float(weight), get_loss(name, **dict(_field(spec, "params", None) or {}))))
+    if not terms:
+        raise LossParameterError("no loss given: expected at least one loss spec")
+    if len(terms) == 1 and terms[0][0] == 1.0:
+        return terms[0][1]
+    return CompositeLoss(terms)

@@ -1,0 +1,48 @@
+"""Shared test helpers: the tiny model and tokenizer, and collated batches from rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from alignment.config import DataConfig, ModelConfig, SourceConfig
+from alignment.data import PreferenceCollator, build_datasets
+from alignment.models import load_policy, load_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "recipes" / "tiny"
+
+
+def tiny_model_config(seed: int = 0) -> ModelConfig:
+    return ModelConfig(config=str(TINY / "model"), tokenizer=str(TINY / "tokenizer"), init_seed=seed)
+
+
+def tiny_tokenizer():
+    return load_tokenizer(tiny_model_config())
+
+
+def tiny_model(seed: int = 0) -> torch.nn.Module:
+    return load_policy(tiny_model_config(seed))
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def tokenized(rows: list[dict], tmp_path: Path, **data_kwargs):
+    """Rows -> tokenized dataset through the real pipeline (file source, adapters, map)."""
+    path = write_jsonl(tmp_path / "rows.jsonl", rows)
+    cfg = DataConfig(train=[SourceConfig(path=str(path))], **data_kwargs)
+    return build_datasets(cfg, tiny_tokenizer()).train
+
+
+def collate(dataset) -> dict[str, torch.Tensor]:
+    return PreferenceCollator(pad_token_id=tiny_tokenizer().pad_token_id)([dataset[i] for i in range(len(dataset))])
+
+
+def tiny_rows(kind: str = "pairs", split: str = "train", n: int = 8) -> list[dict]:
+    lines = (TINY / "data" / f"{kind}_{split}.jsonl").read_text().splitlines()[:n]
+    return [json.loads(line) for line in lines]

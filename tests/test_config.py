@@ -1,0 +1,134 @@
+"""Recipe validation and dotted overrides: every error names the key and what is allowed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from alignment.config import ConfigError, apply_overrides, load_config, parse_override
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_DPO = ROOT / "recipes" / "tiny" / "dpo.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _repo_root(monkeypatch):
+    monkeypatch.chdir(ROOT)
+
+
+def test_tiny_recipe_resolves_with_defaults():
+    config = load_config(TINY_DPO)
+    assert config.loss[0].name == "dpo" and config.loss[0].params == {"beta": 0.1}
+    assert config.reference.type == "model"
+    assert config.data.bad_rows == "error"
+    assert config.resolved["data"]["train"][0]["path"] == "recipes/tiny/data/pairs_train.jsonl"
+    assert config.training["output_dir"] == "outputs/tiny-dpo"
+
+
+def test_override_parses_yaml_types():
+    assert parse_override("--loss.beta=0.5") == (["loss", "beta"], 0.5)
+    assert parse_override("--training.eval_on_start=false") == (["training", "eval_on_start"], False)
+    assert parse_override("--data.max_length=null") == (["data", "max_length"], None)
+    with pytest.raises(ConfigError, match="--section.key=value"):
+        parse_override("--lossbeta")
+
+
+def test_swapping_the_loss_is_one_edit(caplog):
+    config = load_config(TINY_DPO, ["--loss.name=ipo", "--loss.tau=0.5"])
+    assert config.loss[0].name == "ipo"
+    assert config.loss[0].params == {"tau": 0.5}
+    assert "loss.beta=0.1 from the recipe does not apply to loss 'ipo'; dropped" in caplog.text
+
+
+def test_cli_parameter_the_new_loss_lacks_is_an_error():
+    with pytest.raises(ConfigError, match="loss 'ipo' has no parameter 'beta'"):
+        load_config(TINY_DPO, ["--loss.name=ipo", "--loss.beta=0.5"])
+
+
+def test_unknown_loss_lists_available():
+    with pytest.raises(ConfigError) as err:
+        load_config(TINY_DPO, ["--loss.name=dpoo"])
+    for name in ("dpo", "ipo", "rdpo", "rpo", "hinge", "lipo", "listmle"):
+        assert name in str(err.value)
+
+
+def test_rdpo_epsilon_out_of_range_names_the_range():
+    with pytest.raises(ConfigError, match=r"0 <= epsilon < 0\.5"):
+        load_config(TINY_DPO, ["--loss.name=rdpo", "--loss.epsilon=0.7"])
+
+
+@pytest.mark.parametrize(
+    "override, phrase",
+    [
+        ("--model.dtype=float8", "model.dtype: 'float8' is not allowed; allowed values: 'auto', 'float32'"),
+        ("--model.colour=red", "model: unknown key 'colour'; allowed keys: name_or_path, config"),
+        ("--data.bad_rows=ignore", "data.bad_rows: 'ignore' is not allowed; allowed values: 'error', 'skip'"),
+        ("--data.max_length=ten", "data.max_length: expected an integer, got 'ten'"),
+        ("--data.max_prompt_length=40", "data.max_prompt_length (40) must be smaller than data.max_length (32)"),
+        ("--training.learning_rat=0.1", "training: unknown key 'learning_rat'"),
+        ("--reference.type=adaptor", "reference.type: 'adaptor' is not allowed"),
+        ("--reference.type=none", "reference: 'none' but loss dpo needs a reference"),
+        ("--optimizer.lr=1", "unknown section 'optimizer'; sections: model, data, reference, loss, training"),
+        ("--model.config=recipes/tiny/no-such-model", "model.config: path 'recipes/tiny/no-such-model' does not exist"),
+        ("--loss.weight=heavy", "loss.weight: expected a number, got 'heavy'"),
+    ],
+)
+def test_bad_values_name_the_key_and_what_is_allowed(override, phrase):
+    with pytest.raises(ConfigError) as err:
+        load_config(TINY_DPO, [override])
+    assert phrase in str(err.value)
+
+
+def test_missing_data_file_fails_before_loading(tmp_path):
+    recipe = yaml.safe_load(TINY_DPO.read_text())
+    recipe["data"]["train"] = [str(tmp_path / "missing.jsonl")]
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(ConfigError, match="missing.jsonl': file not found"):
+        load_config(path)
+
+
+def test_composite_loss_and_indexed_override(tmp_path):
+    recipe = yaml.safe_load(TINY_DPO.read_text())
+    recipe["loss"] = [{"name": "dpo", "beta": 0.1}, {"name": "listmle", "weight": 0.5}]
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    config = load_config(path, ["--loss.1.beta=0.3"])
+    assert [(s.name, s.weight, s.params) for s in config.loss] == [
+        ("dpo", 1.0, {"beta": 0.1}),
+        ("listmle", 0.5, {"beta": 0.3}),
+    ]
+
+
+def test_yaml_is_read_with_the_safe_loader(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("model: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+
+
+def test_apply_overrides_creates_missing_sections():
+    raw = apply_overrides({}, ["--training.output_dir=out"])
+    assert raw == {"training": {"output_dir": "out"}}
+
+
+def test_cli_rejects_a_misspelt_loss_within_seconds_before_loading(tmp_path):
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "scripts/train.py", "--config", str(TINY_DPO), "--loss.name=dpoo"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 2
+    assert "unknown loss 'dpoo'; available losses:" in proc.stderr
+    assert "listmle" in proc.stderr
+    # Nothing was loaded or written: the output directory of the recipe was not created.
+    assert "resolved config" not in proc.stdout
+    print(f"rejected in {elapsed:.1f}s")
