@@ -41,9 +41,16 @@ def train_main(argv: list[str]) -> int:
     except (ConfigError, FileNotFoundError) as err:
         print(f"alignment: config error: {err}", file=sys.stderr)
         return 2
+    from alignment.data import BadRowError
     from alignment.run import train
 
-    train(config)
+    try:
+        train(config)
+    except BadRowError as err:
+        print(
+            f"alignment: data error: {err}\n(set data.bad_rows: skip to drop such rows and count them)", file=sys.stderr
+        )
+        return 2
     return 0
 
 

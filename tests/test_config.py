@@ -132,3 +132,25 @@ def test_cli_rejects_a_misspelt_loss_within_seconds_before_loading(tmp_path):
     # Nothing was loaded or written: the output directory of the recipe was not created.
     assert "resolved config" not in proc.stdout
     print(f"rejected in {elapsed:.1f}s")
+
+
+def test_alignment_losses_lists_every_loss_with_paper_and_defaults(capsys):
+    from alignment.cli import main
+
+    assert main(["losses"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    # Each loss is a header line "name: summary" followed by indented paper/formula/parameters lines.
+    headers = {line.split(":")[0]: i for i, line in enumerate(lines) if not line.startswith(" ")}
+    assert set(headers) == {"dpo", "ipo", "rdpo", "rpo", "hinge", "lipo", "listmle"}
+    expected = {
+        "dpo": ("Rafailov et al. 2023", "beta=0.1, label_smoothing=0.0"),
+        "ipo": ("Azar et al. 2023", "tau=0.1, length_normalize=True"),
+        "rdpo": ("Chowdhury et al. 2024", "beta=0.1, epsilon=0.1"),
+        "rpo": ("Liu et al. 2024", "beta=0.1, eta=0.005, nll='sum'"),
+        "hinge": ("Zhao et al. 2023", "beta=0.1"),
+        "lipo": ("Liu et al. 2024", "beta=0.05"),
+        "listmle": ("Plackett-Luce", "beta=0.1"),
+    }
+    for name, (paper, params) in expected.items():
+        paper_line, _, params_line = lines[headers[name] + 1 : headers[name] + 4]
+        assert paper in paper_line and params in params_line, name

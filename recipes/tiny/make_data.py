@@ -2,7 +2,7 @@
 
     python recipes/tiny/make_data.py
 
-The task has a checkable ground truth: a prompt asks for a sum ("12+7="), and each
+The task has a checkable ground truth: a prompt asks for a sum of two digits ("3+4="), and each
 candidate answer is graded by its closeness to the true sum, score = 6 - |answer - truth|
 (a rating from 0 to 6, like the small integer grades that LiPO's gains 2^score - 1
 expect): the correct answer scores 6 and further answers score less. Written files:
@@ -20,7 +20,7 @@ import random
 from pathlib import Path
 
 HERE = Path(__file__).parent / "data"
-MAX_OPERAND = 12
+MAX_OPERAND = 9
 MAX_DISTANCE = 6
 SIZES = {"train": 4000, "test": 400}
 SEEDS = {"train": 0, "test": 1}
