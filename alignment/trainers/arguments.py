@@ -3,16 +3,36 @@ preference run needs."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
+import torch
 from transformers import TrainingArguments
+
+
+def _has_accelerator() -> bool:
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or bool(xpu and xpu.is_available()) or torch.backends.mps.is_available()
 
 
 @dataclass
 class AlignmentTrainingArguments(TrainingArguments):
-    """`transformers.TrainingArguments`, unchanged names. Preference batches carry
-    columns that are not model inputs, so `remove_unused_columns` is always off."""
+    """`transformers.TrainingArguments`, unchanged names. Two differences:
+
+    - preference batches carry columns that are not model inputs, so
+      `remove_unused_columns` is always off;
+    - on a machine with no accelerator, processes started by `accelerate launch
+      --num_processes N` form one gloo DDP job (`use_cpu` is switched on): without it,
+      transformers runs each process as an independent single-process job."""
 
     def __post_init__(self) -> None:
         self.remove_unused_columns = False
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched > 1 and not self.use_cpu and not _has_accelerator():
+            self.use_cpu = True
         super().__post_init__()
+        if launched > 1 and self.world_size != launched:
+            raise RuntimeError(
+                f"{launched} processes were launched but the training arguments see a world size of "
+                f"{self.world_size}: the processes would train independently. Check the accelerate config."
+            )
