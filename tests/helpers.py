@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import string
 from pathlib import Path
 
 import torch
@@ -13,6 +14,15 @@ from alignment.models import load_policy, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "tiny"
+
+
+# The tiny tokenizer's ids, written out by hand: 6 special tokens, then one token per character.
+PAD, EOS, SYSTEM, USER, ASSISTANT = 0, 1, 3, 4, 5
+TINY_CHARS = [c for c in string.printable if c not in "\r\x0b\x0c"]
+
+
+def char_ids(text: str) -> list[int]:
+    return [6 + TINY_CHARS.index(c) for c in text]
 
 
 def tiny_model_config(seed: int = 0) -> ModelConfig:

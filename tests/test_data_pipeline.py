@@ -4,30 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
-import string
 from pathlib import Path
 
 import datasets
 import pytest
-from transformers import AutoTokenizer
 
 from alignment.config import DataConfig, SourceConfig
 from alignment.data import BadRowError, PreferenceCollator, build_datasets, load_source
 from alignment.data import pipeline as pipeline_module
 from alignment.data import tokenize as tokenize_module
-
-TOKENIZER = Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "tokenizer"
-EOS, USER, ASSISTANT = 1, 4, 5
-CHARS = [c for c in string.printable if c not in "\r\x0b\x0c"]
-
-
-def ids(text: str) -> list[int]:
-    return [6 + CHARS.index(c) for c in text]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return AutoTokenizer.from_pretrained(str(TOKENIZER))
+from tests.helpers import ASSISTANT, EOS, USER
+from tests.helpers import char_ids as ids
 
 
 @pytest.fixture(autouse=True)

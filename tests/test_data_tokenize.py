@@ -3,28 +3,13 @@
 from __future__ import annotations
 
 import copy
-import string
-from pathlib import Path
 
 import pytest
 from tokenizers.processors import TemplateProcessing
-from transformers import AutoTokenizer
 
 from alignment.data import BadRowError, PreferenceExample, tokenize_example
-
-TOKENIZER = Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "tokenizer"
-PAD, EOS, SYSTEM, USER, ASSISTANT = 0, 1, 3, 4, 5
-CHARS = [c for c in string.printable if c not in "\r\x0b\x0c"]
-
-
-def ids(text: str) -> list[int]:
-    """The tiny tokenizer's ids, written out by hand: one token per character after 6 specials."""
-    return [6 + CHARS.index(c) for c in text]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return AutoTokenizer.from_pretrained(str(TOKENIZER))
+from tests.helpers import ASSISTANT, EOS, SYSTEM, USER
+from tests.helpers import char_ids as ids
 
 
 def test_hand_ids_agree_with_tokenizer(tok):
