@@ -28,18 +28,20 @@ def setup_logging(training_args) -> None:
         handlers=[logging.StreamHandler(sys.stdout)],
     )
     level = training_args.get_process_log_level()
-    for lib in (logger, logging.getLogger("alignment.config"), datasets.utils.logging, transformers.utils.logging):
-        lib.setLevel(level) if isinstance(lib, logging.Logger) else lib.set_verbosity(level)
+    logger.setLevel(level)  # and so every alignment.* module logger
+    datasets.utils.logging.set_verbosity(level)
+    transformers.utils.logging.set_verbosity(level)
 
 
 def train(config: Config) -> dict[str, float]:
     training_args = config.training_arguments()
     setup_logging(training_args)
     if training_args.process_index == 0:
-        print(f"resolved config:\n{dump_config(config)}", flush=True)
+        resolved = dump_config(config)
+        print(f"resolved config:\n{resolved}", flush=True)
         os.makedirs(training_args.output_dir, exist_ok=True)
         with open(os.path.join(training_args.output_dir, CONFIG_FILENAME), "w") as f:
-            f.write(dump_config(config))
+            f.write(resolved)
     set_seed(training_args.seed)
 
     tokenizer = load_tokenizer(config.model)

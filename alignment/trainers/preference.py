@@ -75,13 +75,15 @@ class PreferenceTrainer(Trainer):
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
 
+    def _sum_across_processes(self, packed: Tensor) -> Tensor:
+        if self.accelerator.num_processes == 1:
+            return packed
+        return self.accelerator.reduce(packed.to(self.accelerator.device), "sum").cpu()
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Trainer calls log() on every process, so the all-reduce below is safe.
         mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
-        reduce = self.accelerator.reduce if self.accelerator.num_processes > 1 else None
-        metrics = self._metrics[mode].compute(
-            lambda t: reduce(t.to(self.accelerator.device), "sum").cpu() if reduce else t
-        )
+        metrics = self._metrics[mode].compute(self._sum_across_processes)
         self._metrics[mode].reset()
         prefix = "eval_" if mode == "eval" else ""
         logs.update({f"{prefix}{name}": value for name, value in metrics.items()})
