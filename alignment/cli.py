@@ -1,5 +1,5 @@
-"""The `alignment` command: `alignment train --config RECIPE.yaml [--section.key=value ...]`
-and `alignment losses`."""
+"""The `alignment` command: `alignment train --config RECIPE.yaml [--section.key=value ...]`,
+`alignment losses` and `alignment merge ADAPTER_DIR OUTPUT_DIR`."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ def split_args(argv: list[str]) -> tuple[str | None, list[str]]:
             config = arg.split("=", 1)[1]
         elif arg.startswith("--") and "." in arg.split("=", 1)[0]:
             overrides.append(arg)
+        elif arg.startswith("--reference="):  # the recipe's shorthand `reference: adapter`
+            overrides.append("--reference.type=" + arg.split("=", 1)[1])
         else:
             raise ConfigError(
                 f"unexpected argument {arg!r}; use --config RECIPE.yaml and --section.key=value overrides"
@@ -43,6 +45,7 @@ def train_main(argv: list[str]) -> int:
         return 2
     from alignment.data import BadRowError
     from alignment.run import train
+    from alignment.trainers.checkpoints import CheckpointError
 
     try:
         train(config)
@@ -50,6 +53,12 @@ def train_main(argv: list[str]) -> int:
         print(
             f"alignment: data error: {err}\n(set data.bad_rows: skip to drop such rows and count them)", file=sys.stderr
         )
+        return 2
+    except ConfigError as err:  # a conflict with the launcher's backend, found once it is known
+        print(f"alignment: config error: {err}", file=sys.stderr)
+        return 2
+    except CheckpointError as err:
+        print(f"alignment: checkpoint error: {err}", file=sys.stderr)
         return 2
     return 0
 
@@ -67,7 +76,13 @@ def losses_main(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": train_main, "losses": losses_main}
+def merge_main(argv: list[str]) -> int:
+    from alignment.merge import merge_main as run_merge
+
+    return run_merge(argv)
+
+
+COMMANDS = {"train": train_main, "losses": losses_main, "merge": merge_main}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,9 @@
 """Recipe configuration: typed sections, YAML loading, dotted command-line overrides.
 
-A recipe is one YAML file with the sections `model`, `data`, `reference`, `loss` and
-`training` (TrainingArguments names, unchanged). Everything is validated here, before
-any model or dataset is touched, and every error names the key and what is allowed.
+A recipe is one YAML file with the sections `model`, `lora`, `quantization`, `data`,
+`reference`, `loss` and `training` (TrainingArguments names, unchanged). Everything is
+validated here, before any model or dataset is touched, and every error names the key
+and what is allowed.
 """
 
 from __future__ import annotations
@@ -10,21 +11,20 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
+
+from alignment.config_schema import SECTIONS, ConfigError, _build, _coerce
+from alignment.overrides import apply_overrides, parse_override
+
+__all__ = ["SECTIONS", "Config", "ConfigError", "apply_overrides", "dump_config", "load_config", "parse_override"]
 
 logger = logging.getLogger(__name__)
 
 LOCAL_DATA_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")
-
-
-class ConfigError(ValueError):
-    """A recipe or override is invalid. The message names the key and what is allowed."""
 
 
 @dataclass
@@ -55,6 +55,8 @@ class ModelConfig:
 @dataclass
 class SourceConfig:
     """One dataset in a mixture: a local JSON/JSONL/Parquet/CSV file or a Hub dataset."""
+
+    SCALAR_KEY = "path"
 
     path: str
     split: str = "train"
@@ -105,17 +107,63 @@ class DataConfig:
 
 
 @dataclass
-class ReferenceConfig:
-    """The reference policy. `auto`: `none` for reference-free losses, else `model`.
-    `model`: a separate frozen copy, of the policy's checkpoint or of `name_or_path`.
-    `none`: no reference (only for reference-free losses)."""
+class LoraConfig:
+    """PEFT LoRA adapters on the policy. Present and `enabled` means only the adapters
+    (and `modules_to_save`) train; the base weights stay frozen."""
 
-    type: Literal["auto", "model", "none"] = "auto"
+    enabled: bool = True
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    # "all-linear": every linear layer except the output head (PEFT's shortcut).
+    target_modules: list[str] | str = "all-linear"
+    modules_to_save: list[str] | None = None
+    bias: Literal["none", "all", "lora_only"] = "none"
+    use_rslora: bool = False
+    use_dora: bool = False
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ConfigError(f"lora.r must be >= 1, got {self.r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class QuantizationConfig:
+    """bitsandbytes weight loading: 4-bit (nf4 or fp4, QLoRA) or 8-bit. Quantized
+    weights cannot train, so this section requires `lora`."""
+
+    enabled: bool = True
+    bits: Literal[4, 8] = 4
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    double_quant: bool = True
+
+
+@dataclass
+class ReferenceConfig:
+    """The reference policy.
+
+    - `auto`: `none` for reference-free losses, `adapter` with LoRA, else `model`.
+    - `model`: a separate frozen copy, of the policy's checkpoint or of `name_or_path`.
+    - `adapter`: with LoRA, the policy itself with its adapters disabled (no second copy).
+    - `precompute`: one pass before training stores the reference log-probs of every
+      completion with the cached dataset; no reference is in memory while training.
+      The pass uses `name_or_path` if given, else the policy before training.
+    - `none`: no reference (only for reference-free losses)."""
+
+    SCALAR_KEY = "type"
+
+    type: Literal["auto", "model", "adapter", "precompute", "none"] = "auto"
     name_or_path: str | None = None
     init_seed: int | None = None
+    precompute_batch_size: int = 8
 
     def __post_init__(self) -> None:
         _check_local_path("reference.name_or_path", self.name_or_path)
+        if self.precompute_batch_size < 1:
+            raise ConfigError(f"reference.precompute_batch_size must be >= 1, got {self.precompute_batch_size}")
 
 
 @dataclass
@@ -130,6 +178,8 @@ class LossSpec:
 @dataclass
 class Config:
     model: ModelConfig
+    lora: LoraConfig | None
+    quantization: QuantizationConfig | None
     data: DataConfig
     reference: ReferenceConfig
     loss: list[LossSpec]
@@ -144,9 +194,6 @@ class Config:
         return AlignmentTrainingArguments(**self.training)
 
 
-SECTIONS = ("model", "data", "reference", "loss", "training")
-
-
 def _check_local_path(key: str, value: str | None) -> None:
     """A value that is clearly a local path must exist, so a typo fails now rather than
     after a download attempt. Hub ids are `name` or `org/name`: anything starting with
@@ -156,79 +203,6 @@ def _check_local_path(key: str, value: str | None) -> None:
     is_path = value.startswith((".", "/", "~")) or value.count("/") >= 2
     if is_path and not os.path.exists(os.path.expanduser(value)):
         raise ConfigError(f"{key}: path {value!r} does not exist")
-
-
-def _type_name(annotation: Any) -> str:
-    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
-
-
-def _coerce(value: Any, annotation: Any, key: str) -> Any:
-    """Check `value` against a type annotation; return it (ints widen to float)."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} is not a {_type_name(annotation)}")
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{key}: {value!r} is not allowed; allowed values: {', '.join(map(repr, args))}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_coerce(item, args[0], f"{key}.{i}") for i, item in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return value
-    if dataclasses.is_dataclass(annotation):
-        if isinstance(value, str) and annotation is SourceConfig:
-            value = {"path": value}
-        return _build(annotation, value, key)
-    if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if annotation is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    return value
-
-
-def _build(cls: type, raw: Any, section: str):
-    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{section}: expected a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = [k for k in raw if k not in names]
-    if unknown:
-        raise ConfigError(f"{section}: unknown key {unknown[0]!r}; allowed keys: {', '.join(names)}")
-    kwargs = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in raw.items()}
-    try:
-        return cls(**kwargs)
-    except TypeError as err:  # a required key is missing
-        raise ConfigError(f"{section}: {err}") from None
 
 
 def _loss_specs(raw: Any) -> list[LossSpec]:
@@ -271,83 +245,6 @@ def _validate_training(raw: Any) -> dict[str, Any]:
     return dict(raw)
 
 
-def parse_override(arg: str) -> tuple[list[str], Any]:
-    """`--section.key=value` -> (["section", "key"], value); the value is parsed as YAML
-    (safe loader), so numbers, booleans, null and lists keep their types."""
-    if not arg.startswith("--") or "=" not in arg:
-        raise ConfigError(f"override {arg!r} must look like --section.key=value")
-    dotted, text = arg[2:].split("=", 1)
-    parts = dotted.split(".")
-    if len(parts) < 2 or not all(parts):
-        raise ConfigError(f"override {arg!r} must name a section and a key, e.g. --loss.beta=0.2")
-    try:
-        value = yaml.safe_load(text) if text != "" else ""
-    except yaml.YAMLError as err:
-        raise ConfigError(f"override {arg!r}: value is not valid YAML: {err}") from None
-    return parts, value
-
-
-def _set_dotted(tree: dict[str, Any], parts: list[str], value: Any, arg: str) -> None:
-    node: Any = tree
-    for i, part in enumerate(parts[:-1]):
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"override {arg!r}: {'.'.join(parts[: i + 1])} is not an index of that list")
-            node = node[int(part)]
-            continue
-        if node.get(part) is None:
-            node[part] = {}
-        node = node[part]
-    last = parts[-1]
-    if isinstance(node, list):
-        if not last.isdigit() or int(last) >= len(node):
-            raise ConfigError(f"override {arg!r}: {last!r} is not an index of that list")
-        node[int(last)] = value
-    elif isinstance(node, dict):
-        node[last] = value
-    else:
-        raise ConfigError(f"override {arg!r}: {'.'.join(parts[:-1])} is not a section")
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `--a.b=value` overrides onto a recipe dict.
-
-    When an override changes `loss.name`, the recipe's parameters for the old loss that
-    the new one does not take are dropped, each with a warning: swapping the loss is
-    one edit, not several. Parameters given on the command line are always checked."""
-    from alignment.losses import UnknownLossError, loss_class
-
-    cli_keys: set[tuple[str, ...]] = set()
-    renamed: list[list[str]] = []
-    for arg in overrides:
-        parts, value = parse_override(arg)
-        if parts[0] not in SECTIONS:
-            raise ConfigError(f"override {arg!r}: unknown section {parts[0]!r}; sections: {', '.join(SECTIONS)}")
-        _set_dotted(raw, parts, value, arg)
-        cli_keys.add(tuple(parts))
-        if parts[0] == "loss" and parts[-1] == "name":
-            renamed.append(parts[:-1])
-    for prefix in renamed:
-        block: Any = raw
-        for part in prefix:
-            block = block[int(part)] if isinstance(block, list) else block[part]
-        try:
-            allowed = set(loss_class(block["name"]).parameters())
-        except UnknownLossError:
-            continue  # reported with the list of losses during validation
-        for key in [k for k in block if k not in allowed | {"name", "weight"}]:
-            if tuple(prefix + [key]) not in cli_keys:
-                logger.warning(
-                    "%s.%s=%r from the recipe does not apply to loss %r; dropped",
-                    ".".join(prefix),
-                    key,
-                    block[key],
-                    block["name"],
-                )
-                del block[key]
-    return raw
-
-
 def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None = None) -> Config:
     """Read a recipe (YAML, safe loader), apply overrides, and validate everything."""
     raw: dict[str, Any] = {}
@@ -359,7 +256,7 @@ def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None
             raise ConfigError(f"{path}: not valid YAML: {err}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: a recipe is a mapping of sections ({', '.join(SECTIONS)})")
-    if isinstance(raw.get("reference"), str):  # shorthand `reference: model`
+    if isinstance(raw.get("reference"), str):  # shorthand `reference: model`, before overrides edit it
         raw["reference"] = {"type": raw["reference"]}
     raw = apply_overrides(raw, list(overrides or []))
     unknown = [k for k in raw if k not in SECTIONS]
@@ -369,26 +266,73 @@ def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None
     loss = _loss_specs(raw.get("loss"))
     reference = _build(ReferenceConfig, raw.get("reference"), "reference")
     model = _build(ModelConfig, raw.get("model"), "model")
+    lora = _optional_section(LoraConfig, raw, "lora")
+    quantization = _optional_section(QuantizationConfig, raw, "quantization")
     data = _build(DataConfig, raw.get("data"), "data")
     training = _validate_training(raw.get("training") or {})
-
-    from alignment.losses import loss_class
-
-    needs_reference = any(loss_class(spec.name).needs_reference for spec in loss)
-    if reference.type == "auto":
-        reference.type = "model" if needs_reference else "none"
-    if reference.type == "none" and needs_reference:
-        names = [s.name for s in loss if loss_class(s.name).needs_reference]
-        raise ConfigError(f"reference: 'none' but loss {', '.join(names)} needs a reference; use reference: model")
+    _resolve_reference(reference, loss, lora)
+    if quantization is not None and lora is None:
+        raise ConfigError(
+            "quantization: quantized weights cannot be fully fine-tuned; add a `lora:` section (QLoRA) "
+            "or remove `quantization:`"
+        )
 
     resolved = {
         "model": dataclasses.asdict(model),
+        "lora": dataclasses.asdict(lora) if lora else None,
+        "quantization": dataclasses.asdict(quantization) if quantization else None,
         "data": dataclasses.asdict(data),
         "reference": dataclasses.asdict(reference),
         "loss": [{"name": s.name, "weight": s.weight, **s.params} for s in loss],
         "training": training,
     }
-    return Config(model=model, data=data, reference=reference, loss=loss, training=training, resolved=resolved)
+    return Config(
+        model=model,
+        lora=lora,
+        quantization=quantization,
+        data=data,
+        reference=reference,
+        loss=loss,
+        training=training,
+        resolved=resolved,
+    )
+
+
+def _optional_section(cls: type, raw: dict[str, Any], name: str):
+    """A section that is off when absent, null, or `enabled: false`."""
+    if raw.get(name) is None:
+        return None
+    section = _build(cls, raw[name], name)
+    return section if section.enabled else None
+
+
+def _resolve_reference(reference: ReferenceConfig, loss: list[LossSpec], lora: LoraConfig | None) -> None:
+    """Turn `auto` into a concrete reference and reject combinations that cannot work."""
+    from alignment.losses import loss_class
+
+    needing = [s.name for s in loss if loss_class(s.name).needs_reference]
+    if reference.type == "auto":
+        reference.type = ("adapter" if lora is not None else "model") if needing else "none"
+    if reference.type == "none" and needing:
+        raise ConfigError(
+            f"reference: 'none' but loss {', '.join(needing)} needs a reference; "
+            "use reference: model, adapter (with lora) or precompute"
+        )
+    if reference.type == "precompute" and not needing:
+        raise ConfigError(
+            "reference: 'precompute' but no loss term needs a reference "
+            f"({', '.join(s.name for s in loss)} are reference-free); use reference: none"
+        )
+    if reference.type == "adapter":
+        if lora is None:
+            raise ConfigError(
+                "reference: 'adapter' means the policy with its LoRA adapters disabled; add a `lora:` section"
+            )
+        if reference.name_or_path is not None or reference.init_seed is not None:
+            raise ConfigError(
+                "reference: 'adapter' is the policy's own base weights; reference.name_or_path and "
+                "reference.init_seed apply to 'model' and 'precompute' only"
+            )
 
 
 def dump_config(config: Config) -> str:

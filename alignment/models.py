@@ -1,17 +1,20 @@
-"""Load the policy, the reference and the tokenizer described by a recipe."""
+"""Load the policy, the reference and the tokenizer described by a recipe: full weights,
+bitsandbytes 4/8-bit weights, and PEFT LoRA adapters on top."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import tempfile
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from alignment.config import ModelConfig, ReferenceConfig
+from alignment.config import LoraConfig, ModelConfig, QuantizationConfig, ReferenceConfig
 
 logger = logging.getLogger(__name__)
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
@@ -32,42 +35,148 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def bitsandbytes_config(cfg: QuantizationConfig):
+    from transformers import BitsAndBytesConfig
+
+    if cfg.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=cfg.quant_type,
+        bnb_4bit_compute_dtype=DTYPES[cfg.compute_dtype],
+        bnb_4bit_use_double_quant=cfg.double_quant,
+    )
+
+
+@contextlib.contextmanager
+def _without_zero3_init():
+    """Build outside DeepSpeed's `zero.Init`, which initialises weights in its own order:
+    a seeded model must have the same weights under every backend. DeepSpeed shards it
+    when the engine starts. (Only for models built from a config; checkpoints still
+    load straight into shards.)"""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    weak_ref = getattr(hf_deepspeed, "_hf_deepspeed_config_weak_ref", None)
+    ds_config = weak_ref() if weak_ref is not None else None
+    if ds_config is None:
+        yield
+        return
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed.set_hf_deepspeed_config(ds_config)
+
+
+def _build_from_config(config_path: str, init_seed: int, cfg: ModelConfig, kwargs: dict) -> PreTrainedModel:
+    config = AutoConfig.from_pretrained(config_path, **kwargs)
+    # A private RNG stream: the same seed always gives the same weights, and building
+    # a model does not shift the training seed.
+    with torch.random.fork_rng(devices=[]), _without_zero3_init():
+        torch.manual_seed(init_seed)
+        return AutoModelForCausalLM.from_config(config, dtype=DTYPES.get(cfg.dtype, torch.float32), **kwargs)
+
+
 def _build_or_load(
-    name_or_path: str | None, config_path: str | None, init_seed: int, cfg: ModelConfig
+    name_or_path: str | None,
+    config_path: str | None,
+    init_seed: int,
+    cfg: ModelConfig,
+    quantization: QuantizationConfig | None = None,
 ) -> PreTrainedModel:
     kwargs = {"trust_remote_code": cfg.trust_remote_code}
     if cfg.attn_implementation is not None:
         kwargs["attn_implementation"] = cfg.attn_implementation
+    if config_path is not None and quantization is None:
+        return _build_from_config(config_path, init_seed, cfg, kwargs)
+    load_kwargs = {"revision": cfg.revision, "dtype": DTYPES.get(cfg.dtype, "auto"), **kwargs}
+    if quantization is not None:
+        from accelerate import PartialState
+
+        load_kwargs["quantization_config"] = bitsandbytes_config(quantization)
+        # Quantized weights are placed at load time: each process on its own device.
+        load_kwargs["device_map"] = {"": str(PartialState().device)}
+        if cfg.dtype == "auto":
+            load_kwargs["dtype"] = DTYPES[quantization.compute_dtype]
     if config_path is not None:
-        config = AutoConfig.from_pretrained(config_path, **kwargs)
-        dtype = _DTYPES.get(cfg.dtype, torch.float32)
-        # A private RNG stream: the same seed always gives the same weights, and building
-        # a model does not shift the training seed.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(init_seed)
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype, **kwargs)
-        return model
-    return AutoModelForCausalLM.from_pretrained(
-        name_or_path, revision=cfg.revision, dtype=_DTYPES.get(cfg.dtype, "auto"), **kwargs
+        # bitsandbytes quantizes while loading a checkpoint, so a model built from a config
+        # is written out once and loaded back through the same path as a real checkpoint.
+        with tempfile.TemporaryDirectory(prefix="alignment-built-") as tmp:
+            _build_from_config(config_path, init_seed, cfg, kwargs).save_pretrained(tmp)
+            return AutoModelForCausalLM.from_pretrained(tmp, **load_kwargs)
+    return AutoModelForCausalLM.from_pretrained(name_or_path, **load_kwargs)
+
+
+def peft_lora_config(cfg: LoraConfig):
+    import peft
+
+    return peft.LoraConfig(
+        task_type="CAUSAL_LM",
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=cfg.target_modules,
+        modules_to_save=cfg.modules_to_save,
+        bias=cfg.bias,
+        use_rslora=cfg.use_rslora,
+        use_dora=cfg.use_dora,
     )
 
 
-def load_policy(cfg: ModelConfig) -> PreTrainedModel:
-    if cfg.trust_remote_code:
-        logger.warning("model.trust_remote_code is true: code shipped with %s will run", cfg.name_or_path)
-    model = _build_or_load(cfg.name_or_path, cfg.config, cfg.init_seed, cfg)
-    model.config.use_cache = False  # the KV cache is useless in training and costs memory
+def add_lora(
+    model: PreTrainedModel,
+    lora: LoraConfig,
+    quantized: bool,
+    gradient_checkpointing: bool = False,
+    gradient_checkpointing_kwargs: dict | None = None,
+):
+    """Wrap `model` in PEFT LoRA adapters; only the adapters (and `modules_to_save`) train."""
+    import peft
+
+    if quantized:
+        # Casts the non-quantized parameters (norms) to fp32 and, with gradient
+        # checkpointing, makes the frozen embeddings' output require grad.
+        model = peft.prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs=gradient_checkpointing_kwargs,
+        )
+    elif gradient_checkpointing:
+        # Checkpointed blocks only backpropagate when their input requires grad, and the
+        # frozen embeddings' output does not.
+        model.enable_input_require_grads()
+    model = peft.get_peft_model(model, peft_lora_config(lora))
+    trainable, total = model.get_nb_trainable_parameters()
+    logger.info("LoRA: %d of %d parameters train (%.2f%%)", trainable, total, 100 * trainable / max(total, 1))
     return model
 
 
-def load_reference(model_cfg: ModelConfig, ref_cfg: ReferenceConfig) -> PreTrainedModel:
+def load_policy(
+    cfg: ModelConfig,
+    lora: LoraConfig | None = None,
+    quantization: QuantizationConfig | None = None,
+    gradient_checkpointing: bool = False,
+    gradient_checkpointing_kwargs: dict | None = None,
+) -> PreTrainedModel:
+    if cfg.trust_remote_code:
+        logger.warning("model.trust_remote_code is true: code shipped with %s will run", cfg.name_or_path)
+    model = _build_or_load(cfg.name_or_path, cfg.config, cfg.init_seed, cfg, quantization)
+    model.config.use_cache = False  # the KV cache is useless in training and costs memory
+    if lora is not None:
+        model = add_lora(model, lora, quantization is not None, gradient_checkpointing, gradient_checkpointing_kwargs)
+    return model
+
+
+def load_reference(
+    model_cfg: ModelConfig, ref_cfg: ReferenceConfig, quantization: QuantizationConfig | None = None
+) -> PreTrainedModel:
     """A separate frozen copy: the policy's own checkpoint (or its config and seed), or
-    `reference.name_or_path`."""
+    `reference.name_or_path`. With QLoRA the copy is quantized like the policy's base."""
     if ref_cfg.name_or_path is not None:
-        model = _build_or_load(ref_cfg.name_or_path, None, 0, model_cfg)
+        model = _build_or_load(ref_cfg.name_or_path, None, 0, model_cfg, quantization)
     else:
         seed = model_cfg.init_seed if ref_cfg.init_seed is None else ref_cfg.init_seed
-        model = _build_or_load(model_cfg.name_or_path, model_cfg.config, seed, model_cfg)
+        model = _build_or_load(model_cfg.name_or_path, model_cfg.config, seed, model_cfg, quantization)
     model.requires_grad_(False)
     model.eval()
     return model

@@ -10,11 +10,13 @@ import datasets
 import transformers
 from transformers import set_seed
 
-from alignment.config import Config, dump_config
+from alignment.config import Config, ConfigError, dump_config
 from alignment.data import build_datasets
 from alignment.losses import build_loss
 from alignment.models import load_policy, load_reference, load_tokenizer
+from alignment.reference import reference_identity
 from alignment.trainers import PreferenceTrainer
+from alignment.trainers.checkpoints import resolve_resume
 
 logger = logging.getLogger("alignment")
 
@@ -28,9 +30,34 @@ def setup_logging(training_args) -> None:
         handlers=[logging.StreamHandler(sys.stdout)],
     )
     level = training_args.get_process_log_level()
-    logger.setLevel(level)  # and so every alignment.* module logger
+    # Our own progress notes (data report, reference cache, resume) are worth showing on
+    # the main process unless the recipe chose a log level; the libraries stay quieter.
+    own_level = logging.INFO if training_args.log_level == "passive" and training_args.should_log else level
+    logger.setLevel(own_level)  # and so every alignment.* module logger
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
+
+
+def needs_separate_reference(config: Config) -> bool:
+    """Whether `precompute` loads its own reference copy. With LoRA the policy with its
+    adapters off is the reference, unless another checkpoint or seed is named, or
+    ZeRO-3 has sharded the policy so that it cannot run outside its engine."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    reference = config.reference
+    named = reference.name_or_path is not None or reference.init_seed is not None
+    return config.lora is None or named or is_deepspeed_zero3_enabled()
+
+
+def check_backend(config: Config) -> None:
+    """Combinations that only show once the launcher's backend is known."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if config.quantization is not None and is_deepspeed_zero3_enabled():
+        raise ConfigError(
+            "quantization: 4/8-bit weights cannot be sharded by DeepSpeed ZeRO-3; launch QLoRA with "
+            "recipes/accelerate_configs/ddp.yaml or zero2.yaml, or remove `quantization:`"
+        )
 
 
 def train(config: Config) -> dict[str, float]:
@@ -43,6 +70,9 @@ def train(config: Config) -> dict[str, float]:
         with open(os.path.join(training_args.output_dir, CONFIG_FILENAME), "w") as f:
             f.write(resolved)
     set_seed(training_args.seed)
+    check_backend(config)
+    # Checked before anything is loaded: a bad checkpoint path should fail in seconds.
+    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
 
     tokenizer = load_tokenizer(config.model)
     loss_fn = build_loss(config.loss)
@@ -50,14 +80,21 @@ def train(config: Config) -> dict[str, float]:
     with training_args.main_process_first(desc="preprocessing the preference data"):
         data = build_datasets(config.data, tokenizer, require_order=True)  # logs its report
 
-    model = load_policy(config.model)
+    model = load_policy(
+        config.model,
+        lora=config.lora,
+        quantization=config.quantization,
+        gradient_checkpointing=training_args.checkpointing_enabled,
+        gradient_checkpointing_kwargs=training_args.checkpointing_kwargs,
+    )
+    reference = config.reference
     ref_model = None
-    if config.reference.type == "model":
-        ref_model = load_reference(config.model, config.reference)
+    if reference.type == "model" or (reference.type == "precompute" and needs_separate_reference(config)):
+        ref_model = load_reference(config.model, reference, config.quantization)
     logger.info(
         "loss: %s; reference: %s",
         " + ".join(f"{s.weight} * {s.name}({s.params})" for s in config.loss),
-        config.reference.type,
+        reference.type,
     )
 
     trainer = PreferenceTrainer(
@@ -65,11 +102,16 @@ def train(config: Config) -> dict[str, float]:
         args=training_args,
         loss_fn=loss_fn,
         ref_model=ref_model,
+        reference=reference.type,
         processing_class=tokenizer,
         train_dataset=data.train,
         eval_dataset=data.test,
     )
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    del ref_model  # the trainer holds the prepared copy (and drops it after a precompute pass)
+    if reference.type == "precompute":
+        identity = reference_identity(config.model, reference, config.quantization)
+        trainer.precompute_reference(identity, reference.precompute_batch_size)
+    result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)

@@ -73,7 +73,10 @@ def test_rdpo_epsilon_out_of_range_names_the_range():
         ("--training.learning_rat=0.1", "training: unknown key 'learning_rat'"),
         ("--reference.type=adaptor", "reference.type: 'adaptor' is not allowed"),
         ("--reference.type=none", "reference: 'none' but loss dpo needs a reference"),
-        ("--optimizer.lr=1", "unknown section 'optimizer'; sections: model, data, reference, loss, training"),
+        (
+            "--optimizer.lr=1",
+            "unknown section 'optimizer'; sections: model, lora, quantization, data, reference, loss, training",
+        ),
         ("--model.config=recipes/tiny/no-such-model", "model.config: path 'recipes/tiny/no-such-model' does not exist"),
         ("--loss.weight=heavy", "loss.weight: expected a number, got 'heavy'"),
     ],
@@ -154,3 +157,12 @@ def test_alignment_losses_lists_every_loss_with_paper_and_defaults(capsys):
     for name, (paper, params) in expected.items():
         paper_line, _, params_line = lines[headers[name] + 1 : headers[name] + 4]
         assert paper in paper_line and params in params_line, name
+
+
+def test_reference_shorthand_on_the_command_line(tmp_path):
+    from alignment.cli import split_args
+
+    config, overrides = split_args(["--config", "r.yaml", "--reference=precompute", "--loss.beta=0.2"])
+    assert config == "r.yaml" and overrides == ["--reference.type=precompute", "--loss.beta=0.2"]
+    cfg = load_config(ROOT / "recipes/tiny/dpo.yaml", [f"--training.output_dir={tmp_path}", *overrides])
+    assert cfg.reference.type == "precompute" and cfg.loss[0].params == {"beta": 0.2}

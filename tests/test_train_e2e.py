@@ -3,42 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
-def run(args: list[str], check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-        )
-    return proc
-
-
-def train(recipe: str, out: Path, *overrides: str, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
-    launcher = launcher or [sys.executable]
-    return run(
-        [
-            *launcher,
-            "scripts/train.py",
-            "--config",
-            f"recipes/tiny/{recipe}.yaml",
-            f"--training.output_dir={out}",
-            *overrides,
-        ]
-    )
-
-
-def log_history(out: Path) -> list[dict]:
-    return json.loads((out / "trainer_state.json").read_text())["log_history"]
+from tests.launch import ROOT, log_history, run, train
 
 
 def test_tiny_dpo_recipe_learns_the_task(tmp_path):
@@ -119,43 +89,3 @@ def test_bad_row_is_counted_under_skip(tmp_path):
     )
     text = proc.stdout + proc.stderr
     assert "missing_column" in text and "39" in text
-
-
-def test_two_process_ddp_matches_one_process(tmp_path):
-    """gloo DDP with 2 x 16 rows gives the same per-step losses as 1 x 32 rows."""
-    common = [
-        "--training.max_steps=3",
-        "--training.logging_steps=1",
-        "--training.eval_on_start=false",
-        "--training.learning_rate=0.01",
-    ]
-    one, two = tmp_path / "one", tmp_path / "two"
-    train("dpo", one, "--training.per_device_train_batch_size=32", *common)
-    train(
-        "dpo",
-        two,
-        "--training.per_device_train_batch_size=16",
-        *common,
-        launcher=[
-            "accelerate",
-            "launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-        ],
-    )
-    losses_one = [e["loss"] for e in log_history(one) if "loss" in e]
-    losses_two = [e["loss"] for e in log_history(two) if "loss" in e]
-    assert len(losses_one) == len(losses_two) == 3
-    assert losses_two == pytest.approx(losses_one, abs=1e-4)
-    assert losses_one[2] != pytest.approx(losses_one[0], abs=1e-3)  # it trained
-    acc_one = json.loads((one / "eval_results.json").read_text())["eval_reward_accuracy"]
-    acc_two = json.loads((two / "eval_results.json").read_text())["eval_reward_accuracy"]
-    # The eval metric is reduced exactly across both processes.
-    assert acc_two == pytest.approx(acc_one, abs=1e-4)

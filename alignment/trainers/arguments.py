@@ -17,13 +17,15 @@ def _has_accelerator() -> bool:
 
 @dataclass
 class AlignmentTrainingArguments(TrainingArguments):
-    """`transformers.TrainingArguments`, unchanged names. Two differences:
+    """`transformers.TrainingArguments`, unchanged names. Three differences:
 
     - preference batches carry columns that are not model inputs, so
       `remove_unused_columns` is always off;
     - on a machine with no accelerator, processes started by `accelerate launch
       --num_processes N` form one gloo DDP job (`use_cpu` is switched on): without it,
-      transformers runs each process as an independent single-process job."""
+      transformers runs each process as an independent single-process job;
+    - gradient checkpointing defaults to the non-reentrant implementation, which
+      backpropagates through frozen inputs (LoRA) and works under DDP."""
 
     def __post_init__(self) -> None:
         self.remove_unused_columns = False
@@ -31,8 +33,22 @@ class AlignmentTrainingArguments(TrainingArguments):
         if launched > 1 and not self.use_cpu and not _has_accelerator():
             self.use_cpu = True
         super().__post_init__()
+        if self.checkpointing_enabled and self.checkpointing_kwargs is None:
+            # Set after transformers has reconciled the old `gradient_checkpointing*` names
+            # with the new `activation_checkpointing*` ones (5.x), under both names.
+            for name in ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs"):
+                if hasattr(self, name):
+                    setattr(self, name, {"use_reentrant": False})
         if launched > 1 and self.world_size != launched:
             raise RuntimeError(
                 f"{launched} processes were launched but the training arguments see a world size of "
                 f"{self.world_size}: the processes would train independently. Check the accelerate config."
             )
+
+    @property
+    def checkpointing_enabled(self) -> bool:
+        return bool(getattr(self, "activation_checkpointing", None) or self.gradient_checkpointing)
+
+    @property
+    def checkpointing_kwargs(self) -> dict | None:
+        return getattr(self, "activation_checkpointing_kwargs", None) or self.gradient_checkpointing_kwargs

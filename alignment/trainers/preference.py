@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import os
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -11,7 +15,9 @@ from transformers import PreTrainedModel, Trainer
 from alignment.data import PreferenceCollator
 from alignment.logprobs import sequence_logps
 from alignment.losses import LossOutput, PreferenceLoss, SequenceLogps
+from alignment.reference import REFERENCE_COLUMN, add_reference_logps, prepare_frozen_model
 from alignment.trainers.arguments import AlignmentTrainingArguments
+from alignment.trainers.checkpoints import mark_complete
 from alignment.trainers.metrics import MetricAccumulator
 
 
@@ -19,7 +25,12 @@ class PreferenceTrainer(Trainer):
     """Trains a policy with any registered loss. The loop, accumulation, distributed
     setup, checkpoints, resume and logging are the Trainer's own; this class only
     computes the loss and reports the shared metric vocabulary (`rewards/*`,
-    `reward_accuracy`, the loss's parts), exactly averaged over processes."""
+    `reward_accuracy`, the loss's parts), exactly averaged over processes.
+
+    `reference` says where reference log-probs come from: `model` (the frozen
+    `ref_model`), `adapter` (the PEFT policy with its adapters disabled), `precompute`
+    (a `reference_logps` column filled by `precompute_reference` before training, from
+    `ref_model` or else the adapter-disabled policy) or `none`."""
 
     def __init__(
         self,
@@ -27,12 +38,18 @@ class PreferenceTrainer(Trainer):
         args: AlignmentTrainingArguments,
         loss_fn: PreferenceLoss,
         ref_model: PreTrainedModel | nn.Module | None = None,
+        reference: str | None = None,
         processing_class=None,
         data_collator=None,
         **kwargs: Any,
     ) -> None:
-        if loss_fn.needs_reference and ref_model is None:
-            raise ValueError(f"loss {loss_fn.name!r} needs a reference model (reference: model)")
+        reference = reference or ("model" if ref_model is not None else "none")
+        if not loss_fn.needs_reference:
+            reference, ref_model = "none", None
+        elif reference == "none" or (reference == "model" and ref_model is None):
+            raise ValueError(f"loss {loss_fn.name!r} needs a reference: pass ref_model, or reference='adapter'")
+        if reference == "adapter" and not hasattr(model, "disable_adapter"):
+            raise ValueError("reference='adapter' needs a PEFT model (the policy with LoRA adapters)")
         if data_collator is None:
             data_collator = PreferenceCollator(pad_token_id=processing_class.pad_token_id)
         super().__init__(
@@ -42,25 +59,75 @@ class PreferenceTrainer(Trainer):
         # The loss is a mean over the batch and never sees num_items_in_batch, so the
         # Trainer must divide it by the accumulation steps itself.
         self.model_accepts_loss_kwargs = False
-        self.ref_model = None
-        if ref_model is not None and loss_fn.needs_reference:
-            self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+        self.reference = reference
+        self.ref_model = None if ref_model is None else prepare_frozen_model(ref_model, self.accelerator)
         self._metrics = {"train": MetricAccumulator(), "eval": MetricAccumulator()}
 
-    def reference_logps(self, inputs: dict[str, Tensor]) -> Tensor | None:
-        if not self.loss_fn.needs_reference:
-            return None
-        if "reference_logps" in inputs:
-            return inputs["reference_logps"]
+    @contextlib.contextmanager
+    def _adapters_disabled(self, model: nn.Module):
+        """The bare PEFT model with its adapters off: the base weights, i.e. the reference."""
+        unwrapped = self.accelerator.unwrap_model(model)
+        with unwrapped.disable_adapter():
+            yield unwrapped
+
+    def _frozen_reference_logps(self, model: nn.Module, inputs: Mapping[str, Tensor]) -> Tensor:
         with torch.no_grad():
-            return sequence_logps(self.ref_model, inputs)
+            if self.ref_model is not None:
+                return sequence_logps(self.ref_model, inputs)
+            with self._adapters_disabled(model) as base:
+                return sequence_logps(base, inputs)
+
+    def reference_logps(self, model: nn.Module, inputs: Mapping[str, Tensor]) -> Tensor | None:
+        if self.reference == "none":
+            return None
+        if REFERENCE_COLUMN in inputs:
+            return inputs[REFERENCE_COLUMN]
+        if self.reference == "precompute":
+            raise RuntimeError(
+                "reference='precompute' but the batch has no reference_logps: call precompute_reference()"
+            )
+        return self._frozen_reference_logps(model, inputs)
+
+    def precompute_reference(self, identity: Mapping[str, Any], batch_size: int) -> None:
+        """One pass over the train and eval data writing `reference_logps` (cached with
+        the dataset under a fingerprint of `identity` and the data), then free the
+        reference so that none is in memory while training."""
+        if self.reference != "precompute":
+            raise ValueError(f"precompute_reference needs reference='precompute', not {self.reference!r}")
+        model = self.model if self.ref_model is None else None
+        if model is not None:
+            model.to(self.args.device)
+        was_training = model is not None and model.training
+        if model is not None:
+            model.eval()  # no dropout: the reference is the deterministic base model
+
+        def logps_fn(batch: Mapping[str, Tensor]) -> Tensor:
+            return self._frozen_reference_logps(model, batch)
+
+        splits = {"train": self.train_dataset, "eval": self.eval_dataset}
+        for split, dataset in splits.items():
+            if dataset is None:
+                continue
+            dataset = add_reference_logps(
+                dataset, identity, logps_fn, self.data_collator, batch_size, self.accelerator, split
+            )
+            if split == "train":
+                self.train_dataset = dataset
+            else:
+                self.eval_dataset = dataset
+        if was_training:
+            model.train()
+        self.ref_model = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def compute_loss(
         self, model: nn.Module, inputs: dict[str, Tensor], return_outputs: bool = False, num_items_in_batch=None
     ) -> Tensor | tuple[Tensor, LossOutput]:
         logps = SequenceLogps(
             policy=sequence_logps(model, inputs),
-            reference=self.reference_logps(inputs),
+            reference=self.reference_logps(model, inputs),
             scores=inputs["scores"],
             mask=inputs["mask"],
             lengths=inputs["lengths"],
@@ -74,6 +141,15 @@ class PreferenceTrainer(Trainer):
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
+
+    def _save_checkpoint(self, model: nn.Module, trial=None) -> None:
+        super()._save_checkpoint(model, trial)
+        # Every process has written its part (optimizer shards, RNG state) only after this barrier.
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            run_dir = self._get_output_dir(trial=trial)
+            mark_complete(os.path.join(run_dir, f"checkpoint-{self.state.global_step}"), self.state.global_step)
+        self.accelerator.wait_for_everyone()
 
     def _sum_across_processes(self, packed: Tensor) -> Tensor:
         if self.accelerator.num_processes == 1:

@@ -1,0 +1,64 @@
+"""Running the training script as a user does: a subprocess, optionally under `accelerate launch`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+ACCELERATE_CONFIGS = ROOT / "recipes" / "accelerate_configs"
+
+
+def run(args: list[str], check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, cwd=ROOT, env={**ENV, **(env or {})}, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
+    return proc
+
+
+def train_command(recipe: str, out: Path, *overrides: str, launcher: list[str] | None = None) -> list[str]:
+    launcher = launcher or [sys.executable]
+    return [
+        *launcher,
+        "scripts/train.py",
+        "--config",
+        f"recipes/tiny/{recipe}.yaml",
+        f"--training.output_dir={out}",
+        *overrides,
+    ]
+
+
+def train(
+    recipe: str,
+    out: Path,
+    *overrides: str,
+    launcher: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess:
+    return run(train_command(recipe, out, *overrides, launcher=launcher), check=check, env=env)
+
+
+def accelerate_launch(num_processes: int = 2, config_file: str | None = None) -> list[str]:
+    """`accelerate launch` for N CPU processes: plain gloo DDP, or the backend of a
+    shipped accelerate config with its GPU-only settings (bf16) turned off."""
+    launcher = ["accelerate", "launch", "--num_processes", str(num_processes), "--num_machines", "1"]
+    if config_file is None:
+        launcher += ["--multi_gpu"]
+    else:
+        launcher += ["--config_file", str(ACCELERATE_CONFIGS / config_file)]
+    return launcher + ["--mixed_precision", "no", "--dynamo_backend", "no"]
+
+
+def log_history(out: Path) -> list[dict]:
+    return json.loads((out / "trainer_state.json").read_text())["log_history"]
+
+
+def logged(out: Path, key: str = "loss") -> list[float]:
+    return [entry[key] for entry in log_history(out) if key in entry]
