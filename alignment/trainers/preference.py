@@ -50,6 +50,8 @@ class PreferenceTrainer(Trainer):
             raise ValueError(f"loss {loss_fn.name!r} needs a reference: pass ref_model, or reference='adapter'")
         if reference == "adapter" and not hasattr(model, "disable_adapter"):
             raise ValueError("reference='adapter' needs a PEFT model (the policy with LoRA adapters)")
+        if reference == "precompute" and ref_model is None and not hasattr(model, "disable_adapter"):
+            raise ValueError("reference='precompute' needs ref_model, or a PEFT policy whose base is the reference")
         if data_collator is None:
             data_collator = PreferenceCollator(pad_token_id=processing_class.pad_token_id)
         super().__init__(
