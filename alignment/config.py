@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
-from alignment.config_schema import SECTIONS, ConfigError, _build, _coerce
+from alignment.config_schema import SECTIONS, ConfigError, _build, _coerce, read_yaml
 from alignment.overrides import apply_overrides, parse_override
 
 __all__ = ["SECTIONS", "Config", "ConfigError", "apply_overrides", "dump_config", "load_config", "parse_override"]
@@ -251,7 +251,7 @@ def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None
     if path is not None:
         text = Path(path).read_text()
         try:
-            raw = yaml.safe_load(text) or {}
+            raw = read_yaml(text) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from None
         if not isinstance(raw, dict):

@@ -4,15 +4,41 @@ sections from mappings while rejecting unknown keys. Every error names the key."
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, Literal, Union
+
+import yaml
 
 SECTIONS = ("model", "lora", "quantization", "data", "reference", "loss", "training")
 
 
 class ConfigError(ValueError):
     """A recipe or override is invalid. The message names the key and what is allowed."""
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """The safe loader, reading `1e-5` as a number. YAML 1.1 wants `1.0e-5` and would
+    otherwise hand a learning rate of `1e-5` to the Trainer as a string."""
+
+
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=RecipeLoader)  # a SafeLoader subclass: no Python objects
 
 
 def _type_name(annotation: Any) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from alignment.config_schema import SECTIONS, ConfigError
+from alignment.config_schema import SECTIONS, ConfigError, read_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ def parse_override(arg: str) -> tuple[list[str], Any]:
     if len(parts) < 2 or not all(parts):
         raise ConfigError(f"override {arg!r} must name a section and a key, e.g. --loss.beta=0.2")
     try:
-        value = yaml.safe_load(text) if text != "" else ""
+        value = read_yaml(text) if text != "" else ""
     except yaml.YAMLError as err:
         raise ConfigError(f"override {arg!r}: value is not valid YAML: {err}") from None
     return parts, value

@@ -166,3 +166,15 @@ def test_reference_shorthand_on_the_command_line(tmp_path):
     assert config == "r.yaml" and overrides == ["--reference.type=precompute", "--loss.beta=0.2"]
     cfg = load_config(ROOT / "recipes/tiny/dpo.yaml", [f"--training.output_dir={tmp_path}", *overrides])
     assert cfg.reference.type == "precompute" and cfg.loss[0].params == {"beta": 0.2}
+
+
+def test_scientific_notation_is_a_number_in_recipes_and_overrides(tmp_path):
+    """YAML 1.1 reads `1e-5` as a string; a learning rate must not reach the Trainer as one."""
+    assert parse_override("--training.learning_rate=1e-5") == (["training", "learning_rate"], 1e-5)
+    assert parse_override('--model.revision="1e5"') == (["model", "revision"], "1e5")  # quoted stays text
+    recipe = tmp_path / "r.yaml"
+    text = (ROOT / "recipes/tiny/dpo.yaml").read_text().replace("learning_rate: 3.0e-3", "learning_rate: 3e-3")
+    recipe.write_text(text)
+    cfg = load_config(recipe, [f"--training.output_dir={tmp_path}", "--loss.beta=1e-1"])
+    assert cfg.training["learning_rate"] == 3e-3 and cfg.loss[0].params["beta"] == 0.1
+    assert cfg.training_arguments().learning_rate == 3e-3
