@@ -15,10 +15,9 @@ from pathlib import Path
 import yaml
 
 from alignment.config_schema import ConfigError, _build
+from alignment.run import CONFIG_FILENAME
 
 logger = logging.getLogger(__name__)
-
-CONFIG_FILENAME = "alignment_config.yaml"
 
 
 def merge_adapter(adapter_dir: str | Path, output_dir: str | Path, dtype: str | None = None) -> Path:

@@ -24,7 +24,9 @@ def data(tmp_path_factory):
     return tokenized(tiny_rows(n=24), tmp_path_factory.mktemp("lora-data"))
 
 
-def train_steps(model, data, out, steps: int = 4, **trainer_kwargs) -> PreferenceTrainer:
+def train_steps(
+    model, data, out, steps: int = 4, gradient_checkpointing: bool = False, **trainer_kwargs
+) -> PreferenceTrainer:
     args = AlignmentTrainingArguments(
         output_dir=str(out),
         max_steps=steps,
@@ -35,7 +37,7 @@ def train_steps(model, data, out, steps: int = 4, **trainer_kwargs) -> Preferenc
         save_strategy="no",
         logging_steps=1,
         seed=0,
-        **{k: trainer_kwargs.pop(k) for k in list(trainer_kwargs) if k in ("gradient_checkpointing",)},
+        gradient_checkpointing=gradient_checkpointing,
     )
     trainer = PreferenceTrainer(
         model=model,
