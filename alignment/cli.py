@@ -44,6 +44,7 @@ def train_main(argv: list[str]) -> int:
         print(f"alignment: config error: {err}", file=sys.stderr)
         return 2
     from alignment.data import BadRowError
+    from alignment.judges import JudgeError
     from alignment.run import train
     from alignment.trainers.checkpoints import CheckpointError
 
@@ -59,6 +60,9 @@ def train_main(argv: list[str]) -> int:
         return 2
     except CheckpointError as err:
         print(f"alignment: checkpoint error: {err}", file=sys.stderr)
+        return 2
+    except JudgeError as err:
+        print(f"alignment: judge error: {err}", file=sys.stderr)
         return 2
     return 0
 

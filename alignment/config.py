@@ -1,7 +1,8 @@
 """Recipe configuration: typed sections, YAML loading, dotted command-line overrides.
 
 A recipe is one YAML file with the sections `model`, `lora`, `quantization`, `data`,
-`reference`, `loss` and `training` (TrainingArguments names, unchanged). Everything is
+`reference`, `loss`, `online` (online training only) and `training` (TrainingArguments
+names, unchanged). Everything is
 validated here, before any model or dataset is touched, and every error names the key
 and what is allowed.
 """
@@ -18,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from alignment.config_schema import SECTIONS, ConfigError, _build, _coerce, read_yaml
+from alignment.online.config import OnlineConfig
 from alignment.overrides import apply_overrides, parse_override
 
 __all__ = ["SECTIONS", "Config", "ConfigError", "apply_overrides", "dump_config", "load_config", "parse_override"]
@@ -63,7 +65,7 @@ class SourceConfig:
     name: str | None = None
     revision: str | None = None
     fraction: float = 1.0
-    layout: Literal["auto", "pairwise", "ranked", "ultrafeedback"] = "auto"
+    layout: Literal["auto", "pairwise", "ranked", "ultrafeedback", "prompt"] = "auto"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction <= 1.0:
@@ -183,6 +185,7 @@ class Config:
     data: DataConfig
     reference: ReferenceConfig
     loss: list[LossSpec]
+    online: OnlineConfig | None
     training: dict[str, Any]
     resolved: dict[str, Any]
 
@@ -258,6 +261,9 @@ def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None
             raise ConfigError(f"{path}: a recipe is a mapping of sections ({', '.join(SECTIONS)})")
     if isinstance(raw.get("reference"), str):  # shorthand `reference: model`, before overrides edit it
         raw["reference"] = {"type": raw["reference"]}
+    online = raw.get("online")
+    if isinstance(online, dict) and isinstance(online.get("judge"), str):  # `judge: module:function`
+        online["judge"] = {"function": online["judge"]}
     raw = apply_overrides(raw, list(overrides or []))
     unknown = [k for k in raw if k not in SECTIONS]
     if unknown:
@@ -269,8 +275,10 @@ def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None
     lora = _optional_section(LoraConfig, raw, "lora")
     quantization = _optional_section(QuantizationConfig, raw, "quantization")
     data = _build(DataConfig, raw.get("data"), "data")
+    online = None if raw.get("online") is None else _build(OnlineConfig, raw["online"], "online")
     training = _validate_training(raw.get("training") or {})
     _resolve_reference(reference, loss, lora)
+    _check_online(online, loss, reference)
     if quantization is not None and lora is None:
         raise ConfigError(
             "quantization: quantized weights cannot be fully fine-tuned; add a `lora:` section (QLoRA) "
@@ -284,6 +292,7 @@ def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None
         "data": dataclasses.asdict(data),
         "reference": dataclasses.asdict(reference),
         "loss": [{"name": s.name, "weight": s.weight, **s.params} for s in loss],
+        "online": dataclasses.asdict(online) if online else None,
         "training": training,
     }
     return Config(
@@ -293,6 +302,7 @@ def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None
         data=data,
         reference=reference,
         loss=loss,
+        online=online,
         training=training,
         resolved=resolved,
     )
@@ -333,6 +343,27 @@ def _resolve_reference(reference: ReferenceConfig, loss: list[LossSpec], lora: L
                 "reference: 'adapter' is the policy's own base weights; reference.name_or_path and "
                 "reference.init_seed apply to 'model' and 'precompute' only"
             )
+
+
+def _check_online(online: OnlineConfig | None, loss: list[LossSpec], reference: ReferenceConfig) -> None:
+    """Online losses need the `online:` section, and online training a live reference."""
+    from alignment.losses import loss_class
+
+    online_only = [s.name for s in loss if loss_class(s.name).online_only]
+    if online is None:
+        if online_only:
+            raise ConfigError(
+                f"loss {', '.join(online_only)} learns from completions sampled during training: add an `online:` "
+                "section (sampler and judge), or use an offline loss"
+            )
+        return
+    if reference.type == "precompute":
+        raise ConfigError(
+            "reference: 'precompute' cannot work online (new completions are sampled every step); "
+            "use reference: model, or adapter with lora"
+        )
+    if reference.type == "none" and online.sampler != "policy":
+        raise ConfigError(f"online.sampler: {online.sampler!r} samples from the reference, but reference is 'none'")
 
 
 def dump_config(config: Config) -> str:

@@ -11,7 +11,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-SECTIONS = ("model", "lora", "quantization", "data", "reference", "loss", "training")
+SECTIONS = ("model", "lora", "quantization", "data", "reference", "loss", "online", "training")
 
 
 class ConfigError(ValueError):

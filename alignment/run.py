@@ -1,4 +1,7 @@
-"""The offline training run, top to bottom: config -> tokenizer -> data -> models -> train -> evaluate."""
+"""The training run, top to bottom: config -> tokenizer -> data -> models -> train -> evaluate.
+
+Offline runs learn from the preference data; a recipe with an `online:` section
+learns from completions sampled and judged during training, on the data's prompts."""
 
 from __future__ import annotations
 
@@ -12,11 +15,14 @@ from transformers import set_seed
 
 from alignment.config import Config, ConfigError, dump_config
 from alignment.data import build_datasets
+from alignment.data.prompts import build_prompt_datasets
+from alignment.judges import build_judge
 from alignment.losses import build_loss
 from alignment.models import load_policy, load_reference, load_tokenizer
 from alignment.reference import reference_identity
 from alignment.trainers import PreferenceTrainer
 from alignment.trainers.checkpoints import resolve_resume
+from alignment.trainers.online import OnlineTrainer
 
 logger = logging.getLogger("alignment")
 
@@ -60,6 +66,17 @@ def check_backend(config: Config) -> None:
         )
 
 
+def check_online_lengths(config: Config, model) -> None:
+    """Prompt plus sampled tokens must fit the model's positions: checked before step 1."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    longest = (config.data.max_prompt_length or 0) + config.online.max_new_tokens
+    if limit is not None and config.data.max_prompt_length is not None and longest > limit:
+        raise ConfigError(
+            f"data.max_prompt_length ({config.data.max_prompt_length}) + online.max_new_tokens "
+            f"({config.online.max_new_tokens}) = {longest} exceeds the model's {limit} positions"
+        )
+
+
 def train(config: Config) -> dict[str, float]:
     training_args = config.training_arguments()
     setup_logging(training_args)
@@ -76,10 +93,16 @@ def train(config: Config) -> dict[str, float]:
 
     tokenizer = load_tokenizer(config.model)
     loss_fn = build_loss(config.loss)
-    # Ties are only usable by losses that learn from something other than the order.
-    with training_args.main_process_first(desc="preprocessing the preference data"):
-        data = build_datasets(config.data, tokenizer, require_order=True)  # logs its report
+    with training_args.main_process_first(desc="preprocessing the data"):
+        if config.online is None:
+            data = build_datasets(config.data, tokenizer, require_order=True)  # logs its report
+        else:
+            data = build_prompt_datasets(config.data, tokenizer)
 
+    # A judge that cannot be imported or loaded fails before the policy is loaded.
+    judge = None if config.online is None else build_judge(config.online.judge, training_args.device)
+    if judge is not None:
+        logger.info("online: %s sampler, judge: %s", config.online.sampler, judge.name)
     model = load_policy(
         config.model,
         lora=config.lora,
@@ -97,7 +120,7 @@ def train(config: Config) -> dict[str, float]:
         reference.type,
     )
 
-    trainer = PreferenceTrainer(
+    common = dict(
         model=model,
         args=training_args,
         loss_fn=loss_fn,
@@ -107,6 +130,12 @@ def train(config: Config) -> dict[str, float]:
         train_dataset=data.train,
         eval_dataset=data.test,
     )
+    if config.online is None:
+        trainer = PreferenceTrainer(**common)
+    else:
+        check_online_lengths(config, model)
+        initial = reference.name_or_path is None and reference.init_seed in (None, config.model.init_seed)
+        trainer = OnlineTrainer(judge=judge, online=config.online, reference_is_initial=initial, **common)
     del ref_model  # the trainer holds the prepared copy (and drops it after a precompute pass)
     if reference.type == "precompute":
         identity = reference_identity(config.model, reference, config.quantization)

@@ -75,7 +75,7 @@ def test_rdpo_epsilon_out_of_range_names_the_range():
         ("--reference.type=none", "reference: 'none' but loss dpo needs a reference"),
         (
             "--optimizer.lr=1",
-            "unknown section 'optimizer'; sections: model, lora, quantization, data, reference, loss, training",
+            "unknown section 'optimizer'; sections: model, lora, quantization, data, reference, loss, online, training",
         ),
         ("--model.config=recipes/tiny/no-such-model", "model.config: path 'recipes/tiny/no-such-model' does not exist"),
         ("--loss.weight=heavy", "loss.weight: expected a number, got 'heavy'"),
@@ -144,7 +144,7 @@ def test_alignment_losses_lists_every_loss_with_paper_and_defaults(capsys):
     lines = capsys.readouterr().out.splitlines()
     # Each loss is a header line "name: summary" followed by indented paper/formula/parameters lines.
     headers = {line.split(":")[0]: i for i, line in enumerate(lines) if not line.startswith(" ")}
-    assert set(headers) == {"dpo", "ipo", "rdpo", "rpo", "hinge", "lipo", "listmle"}
+    assert set(headers) == {"dpo", "ipo", "rdpo", "rpo", "hinge", "lipo", "listmle", "nash_md", "online_ipo"}
     expected = {
         "dpo": ("Rafailov et al. 2023", "beta=0.1, label_smoothing=0.0"),
         "ipo": ("Azar et al. 2023", "tau=0.1, length_normalize=True"),
@@ -153,6 +153,8 @@ def test_alignment_losses_lists_every_loss_with_paper_and_defaults(capsys):
         "hinge": ("Zhao et al. 2023", "beta=0.1"),
         "lipo": ("Liu et al. 2024", "beta=0.05"),
         "listmle": ("Plackett-Luce", "beta=0.1"),
+        "nash_md": ("Munos et al. 2023", "tau=0.008"),
+        "online_ipo": ("Calandriello et al. 2024", "tau=0.1"),
     }
     for name, (paper, params) in expected.items():
         paper_line, _, params_line = lines[headers[name] + 1 : headers[name] + 4]

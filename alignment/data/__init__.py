@@ -1,7 +1,7 @@
 """Preference data: rows -> PreferenceExample -> tokenized lists -> tensor batch."""
 
 from alignment.data.adapters import adapt_row, detect_layout
-from alignment.data.collator import PreferenceCollator
+from alignment.data.collator import PreferenceCollator, PromptCollator
 from alignment.data.example import BadRowError, PreferenceExample
 from alignment.data.pipeline import DataReport, PreparedData, SourceReport, build_datasets
 from alignment.data.sources import load_source
@@ -11,6 +11,7 @@ __all__ = [
     "BadRowError",
     "DataReport",
     "PreferenceCollator",
+    "PromptCollator",
     "PreferenceExample",
     "PreparedData",
     "SourceReport",

@@ -21,12 +21,13 @@ from typing import Any, Literal
 
 from alignment.data.example import BadRowError, Message, PreferenceExample, Text
 
-Layout = Literal["pairwise", "ranked", "ultrafeedback"]
+Layout = Literal["pairwise", "ranked", "ultrafeedback", "prompt"]
 
 LAYOUT_COLUMNS: dict[str, str] = {
     "pairwise": "chosen, rejected (optional: prompt, score_chosen, score_rejected)",
     "ranked": "prompt, completions, and scores or ranks",
     "ultrafeedback": "instruction or prompt, completions (records with response and overall_score or annotations)",
+    "prompt": "prompt only (online training)",
 }
 
 # Reason keys of the bad rows this module finds (the tokenizer adds "prompt_fills_max_length").
@@ -59,6 +60,8 @@ def detect_layout(columns: Iterable[str]) -> Layout:
         return "ranked"
     if "completions" in cols and cols & {"instruction", "prompt"}:
         return "ultrafeedback"
+    if "prompt" in cols and not cols & {"chosen", "rejected", "completions"}:
+        return "prompt"
     expected = "; ".join(f"{name}: {needs}" for name, needs in LAYOUT_COLUMNS.items())
     raise ValueError(
         f"cannot tell the data layout from the columns {sorted(cols)}; expected one of -- {expected}. "
@@ -84,6 +87,20 @@ def adapt_row(
     except _RowProblem as problem:
         raise BadRowError(source, index, problem.reason, problem.detail) from None
     return example
+
+
+def adapt_prompt(row: Mapping[str, Any], layout: str, source: str, index: int) -> Text:
+    """The prompt of a row, for online training. A `prompt`-layout row is only checked
+    for its prompt; a preference row is adapted (and checked) in full, which is also
+    how an implicit prompt is cut out of chosen/rejected conversations."""
+    if layout != "prompt":
+        return adapt_row(row, layout, source, index, require_order=False).prompt
+    try:
+        prompt = _text(_get(row, "prompt"), "prompt")
+        _check_prompt(prompt)
+    except _RowProblem as problem:
+        raise BadRowError(source, index, problem.reason, problem.detail) from None
+    return prompt
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -227,11 +244,15 @@ def _shared_text_prefix(texts: list[str]) -> str:
 # ----------------------------------------------------------------------------- checks
 
 
-def _check(example: PreferenceExample, names: list[str], require_order: bool) -> None:
-    if isinstance(example.prompt, str) and not example.prompt.strip():
+def _check_prompt(prompt: Text) -> None:
+    if isinstance(prompt, str) and not prompt.strip():
         raise _RowProblem(EMPTY_PROMPT, "column 'prompt' is empty")
-    if isinstance(example.prompt, list) and not any(m["content"].strip() for m in example.prompt):
+    if isinstance(prompt, list) and not any(m["content"].strip() for m in prompt):
         raise _RowProblem(EMPTY_PROMPT, "the prompt messages are empty")
+
+
+def _check(example: PreferenceExample, names: list[str], require_order: bool) -> None:
+    _check_prompt(example.prompt)
     k = len(example.completions)
     column = "chosen/rejected" if names[:1] == ["chosen"] else "completions"
     if k < 2:

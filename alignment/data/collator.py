@@ -6,6 +6,7 @@ marked False in `mask` and with score 0 and length 0, so losses can ignore them.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from numbers import Real
 from typing import Any
@@ -112,3 +113,21 @@ def _per_item(rows: Sequence[Mapping[str, Any]], key: str, ks: list[int], k_max:
             )
         out[b, :k] = torch.as_tensor(_to_list(value), dtype=torch.float32)
     return out
+
+
+class PromptCollator:
+    """Pads prompt rows for online training: `prompt_input_ids` and
+    `prompt_attention_mask` [B, P] (right-padded), and `prompts`, the raw prompts
+    (strings or message lists) for the judge."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        if pad_token_id is None:
+            raise ValueError("PromptCollator needs a pad_token_id (set tokenizer.pad_token)")
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        if not rows:
+            raise ValueError("cannot collate an empty batch")
+        ids, attention = _pad_2d([_to_list(row["prompt_input_ids"]) for row in rows], self.pad_token_id)
+        prompts = [json.loads(row["prompt"]) for row in rows]
+        return {"prompt_input_ids": ids, "prompt_attention_mask": attention, "prompts": prompts}

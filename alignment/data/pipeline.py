@@ -103,7 +103,7 @@ class DataReport:
             )
         for split, n in self.rows.items():
             sizes = ", ".join(f"K={k}: {count}" for k, count in sorted(self.k_distribution.get(split, {}).items()))
-            lines.append(f"  {split}: {n} lists ({sizes or 'empty'})")
+            lines.append(f"  {split}: {n} lists ({sizes})" if sizes else f"  {split}: {n} prompts")
         skipped_total = sum(self.skipped.values())
         lines.append(
             f"  total: {skipped_total} rows skipped, {self.prompts_truncated} prompts and "
@@ -195,6 +195,11 @@ def _prepare_source(
         layout = detect_layout(raw.column_names) if src.layout == "auto" else src.layout
     except ValueError as err:
         raise ValueError(f"data source {label}: {err}") from None
+    if layout == "prompt":
+        raise ValueError(
+            f"data source {label}: it holds prompts only (no chosen/rejected or completions); prompt-only data is "
+            "for online training -- add an `online:` section to the recipe, or use preference data"
+        )
     report = SourceReport(source=label, split=split, layout=layout, rows_loaded=len(raw))
 
     adapted = _adapt_dataset(raw, layout, label, require_order, cfg.num_proc)

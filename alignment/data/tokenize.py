@@ -105,6 +105,25 @@ def tokenize_example(
     }
 
 
+def prompt_token_ids(prompt: Any, tokenizer: Any, chat_template: str | None = None) -> list[int]:
+    """The prompt's tokens as a completion would follow them: the tokenizer's own
+    special tokens for plain text, the chat template with its generation prompt for
+    messages. Online training generates after exactly these tokens."""
+    if isinstance(prompt, str):
+        return list(tokenizer(prompt)["input_ids"])
+    _require_chat_template(tokenizer, chat_template)
+    text = _render(tokenizer, list(prompt), chat_template, add_generation_prompt=True)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _require_chat_template(tokenizer: Any, chat_template: str | None) -> None:
+    if chat_template is None and not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"the data is conversational but the tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat "
+            "template; set `data.chat_template` in the recipe (a Jinja template or a file holding one)"
+        )
+
+
 def _tokenize_text(example: PreferenceExample, tokenizer: Any) -> tuple[list[int], list[list[int]]]:
     eos = tokenizer.eos_token_id
     if eos is None:
@@ -119,11 +138,7 @@ def _tokenize_text(example: PreferenceExample, tokenizer: Any) -> tuple[list[int
 def _tokenize_chat(
     example: PreferenceExample, tokenizer: Any, chat_template: str | None
 ) -> tuple[list[int], list[list[int]]]:
-    if chat_template is None and not getattr(tokenizer, "chat_template", None):
-        raise ValueError(
-            f"the data is conversational but the tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat "
-            "template; set `data.chat_template` in the recipe (a Jinja template or a file holding one)"
-        )
+    _require_chat_template(tokenizer, chat_template)
     prompt = list(example.prompt)
     prompt_text = _render(tokenizer, prompt, chat_template, add_generation_prompt=True)
     completion_texts = []

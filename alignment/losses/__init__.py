@@ -3,7 +3,7 @@
 Importing this package registers every built-in loss (the modules below register
 themselves with `@register_loss` on import)."""
 
-from alignment.losses import listwise, pairwise  # noqa: F401  (registration side effects)
+from alignment.losses import listwise, online, pairwise  # noqa: F401  (registration side effects)
 from alignment.losses.base import (
     LossOutput,
     LossParameterError,

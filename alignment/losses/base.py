@@ -84,12 +84,17 @@ class PreferenceLoss:
 
     Class attributes: `name` (registry key, set by `register_loss`), `paper` (citation),
     `formula` (one line), `needs_reference` (False lets the trainer skip the reference
-    forward entirely)."""
+    forward entirely), `online_only` (the loss learns from judged on-line samples, with
+    `scores` = [P(y0 > y1), P(y1 > y0)], and cannot train on a fixed dataset) and
+    `first_item_from_policy` (online: item 0 must be sampled from the policy itself,
+    whatever the recipe's sampler; item 1 comes from the sampler)."""
 
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     formula: ClassVar[str] = ""
     needs_reference: ClassVar[bool] = True
+    online_only: ClassVar[bool] = False
+    first_item_from_policy: ClassVar[bool] = False
 
     @property
     def reward_scale(self) -> float:

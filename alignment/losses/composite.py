@@ -14,7 +14,8 @@ class CompositeLoss(PreferenceLoss):
 
     Metrics are the first term's (the shared reward vocabulary and its parts) plus
     `loss/<name>` with each term's unweighted loss; a name used twice gets a suffix
-    `_<index>` from its second use on. `needs_reference` is true when any term needs it."""
+    `_<index>` from its second use on. `needs_reference`, `online_only` and
+    `first_item_from_policy` are true when any term has them."""
 
     paper = "weighted sum of registered losses"
     formula = "sum_i weight_i * loss_i"
@@ -25,6 +26,8 @@ class CompositeLoss(PreferenceLoss):
             raise LossParameterError("a composite loss needs at least one term")
         # Instance attributes shadow the class-level flags the trainer reads.
         self.needs_reference = any(loss.needs_reference for _, loss in self.terms)
+        self.online_only = any(loss.online_only for _, loss in self.terms)
+        self.first_item_from_policy = any(loss.first_item_from_policy for _, loss in self.terms)
         self.name = " + ".join(f"{weight:g} * {loss.name}" for weight, loss in self.terms)
         self._keys: list[str] = []
         for i, (_, loss) in enumerate(self.terms):

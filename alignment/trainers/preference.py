@@ -124,16 +124,20 @@ class PreferenceTrainer(Trainer):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def compute_loss(
-        self, model: nn.Module, inputs: dict[str, Tensor], return_outputs: bool = False, num_items_in_batch=None
-    ) -> Tensor | tuple[Tensor, LossOutput]:
-        logps = SequenceLogps(
+    def batch_logps(self, model: nn.Module, inputs: Mapping[str, Tensor]) -> SequenceLogps:
+        """The loss's input for a collated batch: policy (with grad) and reference log-probs."""
+        return SequenceLogps(
             policy=sequence_logps(model, inputs),
             reference=self.reference_logps(model, inputs),
             scores=inputs["scores"],
             mask=inputs["mask"],
             lengths=inputs["lengths"],
         )
+
+    def compute_loss(
+        self, model: nn.Module, inputs: dict[str, Tensor], return_outputs: bool = False, num_items_in_batch=None
+    ) -> Tensor | tuple[Tensor, LossOutput]:
+        logps = self.batch_logps(model, inputs)
         output = self.loss_fn(logps)
         self._metrics["train" if model.training else "eval"].add(output, inputs["mask"])
         return (output.loss, output) if return_outputs else output.loss

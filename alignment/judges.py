@@ -1,0 +1,276 @@
+"""Judges for online preference training: P(y0 > y1) for a prompt and two completions.
+
+A judge is built from the recipe's `online.judge` section (`JudgeConfig`) and called as
+`judge(prompts, completions) -> Tensor[B]` (float32, CPU). Every answer goes through the
+same checks (one value per pair, finite, in [0, 1]), so a bad judge fails loudly, naming
+itself, instead of quietly turning into a wrong loss."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+
+from alignment.models import DTYPES
+from alignment.online.config import JudgeConfig
+
+logger = logging.getLogger(__name__)
+
+Prompt = str | list[dict[str, str]]
+"""A plain prompt, or chat messages ({"role": ..., "content": ...})."""
+
+
+class JudgeError(ValueError):
+    """A judge could not be built, or returned something unusable. The message names the judge."""
+
+
+class Judge:
+    """P(y0 > y1) for each prompt and (y0, y1) pair. Subclasses implement `_probabilities`;
+    `__call__` checks its inputs and its answer."""
+
+    name: str = "judge"
+
+    def __call__(self, prompts: Sequence[Prompt], completions: Sequence[tuple[str, str]]) -> Tensor:
+        if len(prompts) != len(completions):
+            raise ValueError(f"{self.name}: {len(prompts)} prompts but {len(completions)} completion pairs")
+        for i, pair in enumerate(completions):
+            if len(pair) != 2:
+                raise ValueError(f"{self.name}: completions[{i}] is not a (y0, y1) pair: {len(pair)} items")
+        if not prompts:
+            return torch.empty(0, dtype=torch.float32)
+        return self._checked(self._probabilities(list(prompts), list(completions)), len(prompts))
+
+    def _probabilities(self, prompts: list[Prompt], completions: list[tuple[str, str]]) -> Any:
+        raise NotImplementedError
+
+    def _checked(self, values: Any, batch_size: int) -> Tensor:
+        """`values` as a float32 CPU tensor [batch_size], or JudgeError saying what is wrong."""
+        try:
+            p = torch.as_tensor(values.detach() if isinstance(values, Tensor) else values, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise JudgeError(
+                f"{self.name} returned {type(values).__name__}, not {batch_size} probabilities "
+                "(a list, tuple, numpy array or tensor of floats)"
+            ) from e
+        if p.shape != (batch_size,):
+            raise JudgeError(
+                f"{self.name} returned values of shape {list(p.shape)}; expected shape [{batch_size}], "
+                "one P(y0 > y1) per prompt"
+            )
+        p = p.cpu()
+        # A range check alone would let NaN through: it compares False to everything.
+        for bad, what in (
+            (~torch.isfinite(p), "a value that is not finite (NaN or inf)"),
+            ((p < 0) | (p > 1), "a probability outside [0, 1]"),
+        ):
+            if bad.any():
+                i = int(bad.nonzero()[0])
+                raise JudgeError(f"{self.name} returned {what}: {p[i].item()} at index {i}")
+        return p
+
+
+class CallableJudge(Judge):
+    """`module:function`, called as `function(prompts, completions)`. The function is
+    looked up by import and attribute access only: a recipe never has text evaluated."""
+
+    def __init__(self, function: str):
+        self.name = f"callable judge {function}"
+        module_name, sep, attr = function.partition(":")
+        if not sep or not module_name or not attr:
+            raise JudgeError(f"{self.name}: a callable judge is named as 'module:function'")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            raise JudgeError(f"{self.name}: cannot import module {module_name!r}: {e}") from e
+        target: Any = module
+        for part in attr.split("."):  # `module:Class.method` reaches a nested attribute
+            if not hasattr(target, part):
+                raise JudgeError(f"{self.name}: {module_name!r} has no attribute {attr!r}")
+            target = getattr(target, part)
+        if not callable(target):
+            raise JudgeError(f"{self.name}: {attr!r} in {module_name!r} is a {type(target).__name__}, not callable")
+        self.function: Callable[..., Any] = target
+
+    def _probabilities(self, prompts: list[Prompt], completions: list[tuple[str, str]]) -> Any:
+        try:
+            return self.function(prompts, completions)
+        except Exception as e:  # user code: say whose code failed, keep the cause chained
+            raise JudgeError(f"{self.name} raised {type(e).__name__}: {e}") from e
+
+
+def messages_to_text(messages: list[dict[str, str]]) -> str:
+    """Chat messages as plain `role: content` lines, for models without a chat template."""
+    return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+
+
+class _ClassifierJudge(Judge):
+    """Shared loading and batched scoring for judges built on AutoModelForSequenceClassification."""
+
+    kind = "classifier judge"
+    allowed_labels: tuple[int, ...] = ()
+    labels_help = ""
+
+    def __init__(
+        self,
+        name_or_path: str,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | str = "auto",
+        batch_size: int = 16,
+        max_length: int = 1024,
+        trust_remote_code: bool = False,
+        revision: str | None = None,
+    ):
+        self.name = f"{self.kind} {name_or_path}"
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.max_length = max_length
+        if trust_remote_code:
+            logger.warning("online.judge.trust_remote_code is true: code shipped with %s will run", name_or_path)
+        hub = {"revision": revision, "trust_remote_code": trust_remote_code}
+        # The head's size is in the config: a wrong checkpoint fails before its weights load.
+        num_labels = AutoConfig.from_pretrained(name_or_path, **hub).num_labels
+        if num_labels not in self.allowed_labels:
+            raise JudgeError(f"{self.name}: the model has {num_labels} outputs (num_labels); {self.labels_help}")
+        self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, **hub)
+        if self.tokenizer.pad_token_id is None:
+            if self.tokenizer.eos_token_id is None:
+                raise JudgeError(f"{self.name}: the tokenizer has neither a pad nor an EOS token")
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            name_or_path, dtype=DTYPES.get(dtype, dtype), use_safetensors=True, output_loading_info=True, **hub
+        )
+        if info["missing_keys"]:
+            # e.g. a causal LM checkpoint: its classification head would be random noise.
+            raise JudgeError(
+                f"{self.name}: weights missing from the checkpoint would be randomly initialised: "
+                f"{sorted(info['missing_keys'])}; is it a trained sequence-classification model?"
+            )
+        # The model reads the score at the last token that is not `pad_token_id`, so it must
+        # agree with the tokenizer's padding. (With EOS as pad, trailing EOS is skipped too.)
+        model.config.pad_token_id = self.tokenizer.pad_token_id
+        model.config.get_text_config().pad_token_id = self.tokenizer.pad_token_id  # where the head looks
+        self.model: PreTrainedModel = model.to(self.device).eval().requires_grad_(False)
+
+    def _encode(self, text: str, templated: bool) -> list[int]:
+        # Text from a chat template already holds its special tokens (BOS); don't add them twice.
+        # Truncation follows the tokenizer's `truncation_side` (by default it keeps the beginning).
+        return self.tokenizer(text, add_special_tokens=not templated, truncation=True, max_length=self.max_length)[
+            "input_ids"
+        ]
+
+    @torch.no_grad()
+    def _logits(self, texts: list[tuple[str, bool]]) -> Tensor:
+        """float32 logits [N, num_labels] on CPU for (text, templated) pairs, in batches."""
+        pad = self.tokenizer.pad_token_id
+        out = []
+        for start in range(0, len(texts), self.batch_size):
+            encoded = [self._encode(t, templated) for t, templated in texts[start : start + self.batch_size]]
+            width = max(len(ids) for ids in encoded)
+            # Right padding: under causal attention the real tokens never see the pads, and their
+            # positions stay 0..n-1, so a padded text scores as it would alone.
+            input_ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+            attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
+            for row, ids in enumerate(encoded):
+                input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+                attention_mask[row, : len(ids)] = 1
+            logits = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device))
+            out.append(logits.logits.float().cpu())
+        return torch.cat(out)
+
+
+class RewardModelJudge(_ClassifierJudge):
+    """A scalar reward model r(x, y); P(y0 > y1) = sigmoid(r0 - r1) (Bradley-Terry)."""
+
+    kind = "reward model judge"
+    allowed_labels = (1,)
+    labels_help = "a reward model has exactly one output, the scalar reward (num_labels=1)"
+
+    def _text(self, prompt: Prompt, completion: str) -> tuple[str, bool]:
+        if isinstance(prompt, str):
+            return prompt + completion, False
+        messages = [*prompt, {"role": "assistant", "content": completion}]
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(messages, tokenize=False), True
+        return messages_to_text(messages), False
+
+    def rewards(self, prompts: Sequence[Prompt], completions: Sequence[str]) -> Tensor:
+        """float32 rewards [N] on CPU, one per (prompt, completion)."""
+        return self._logits([self._text(p, c) for p, c in zip(prompts, completions, strict=True)])[:, 0]
+
+    def _probabilities(self, prompts: list[Prompt], completions: list[tuple[str, str]]) -> Tensor:
+        # One pass over all 2B texts: y0's in the first half, y1's in the second.
+        r = self.rewards(prompts * 2, [y0 for y0, _ in completions] + [y1 for _, y1 in completions])
+        r0, r1 = r.chunk(2)
+        return torch.sigmoid(r0 - r1)
+
+
+class PairwiseJudge(_ClassifierJudge):
+    """A classifier reading the prompt and both completions through `template`, with
+    placeholders {prompt}, {completion_a}, {completion_b}. Its answer f(a, b) is
+    sigmoid(logit) for one output, softmax(logits)[0] for two (label 0: "A is better").
+    Both orders are asked and averaged so position bias cancels:
+    P = (f(y0, y1) + 1 - f(y1, y0)) / 2, hence P(y0, y1) + P(y1, y0) = 1.
+    Chat prompts are rendered as `role: content` lines (the template frames them)."""
+
+    kind = "pairwise judge"
+    allowed_labels = (1, 2)
+    labels_help = (
+        "a pairwise judge outputs the logit of P(A > B) (num_labels=1) or two classes, A then B (num_labels=2)"
+    )
+
+    def __init__(self, name_or_path: str, *args: Any, template: str = JudgeConfig.pairwise_template, **kwargs: Any):
+        try:  # before the model loads: a typo in the recipe should not cost a download
+            template.format(prompt="", completion_a="", completion_b="")
+        except (KeyError, IndexError, ValueError) as e:
+            raise JudgeError(
+                f"{self.kind} {name_or_path}: the template may only use {{prompt}}, {{completion_a}} and "
+                f"{{completion_b}}: {e!r}"
+            ) from e
+        self.template = template
+        super().__init__(name_or_path, *args, **kwargs)
+
+    def _text(self, prompt: Prompt, a: str, b: str) -> str:
+        prompt_text = prompt if isinstance(prompt, str) else messages_to_text(prompt)
+        return self.template.format(prompt=prompt_text, completion_a=a, completion_b=b)
+
+    def preferences(self, prompts: Sequence[Prompt], a: Sequence[str], b: Sequence[str]) -> Tensor:
+        """f(a, b) [N]: the model's P(a > b) in one order only, float32 on CPU."""
+        texts = [(self._text(p, x, y), False) for p, x, y in zip(prompts, a, b, strict=True)]
+        logits = self._logits(texts)
+        return torch.sigmoid(logits[:, 0]) if logits.shape[1] == 1 else logits.softmax(-1)[:, 0]
+
+    def _probabilities(self, prompts: list[Prompt], completions: list[tuple[str, str]]) -> Tensor:
+        y0 = [c[0] for c in completions]
+        y1 = [c[1] for c in completions]
+        f = self.preferences(prompts * 2, y0 + y1, y1 + y0)
+        forward, backward = f.chunk(2)
+        # 0.5 + d/2 with d antisymmetric in (y0, y1): swapping the pair gives 1 - P up to rounding,
+        # and the clamp keeps that rounding from leaving [0, 1].
+        return (0.5 + (forward - backward) / 2).clamp(0.0, 1.0)
+
+
+def _model_kwargs(cfg: JudgeConfig, device: torch.device) -> dict[str, Any]:
+    keys = ("dtype", "batch_size", "max_length", "trust_remote_code", "revision")
+    return {"device": device, **{key: getattr(cfg, key) for key in keys}}
+
+
+_BUILDERS: dict[str, Callable[[JudgeConfig, torch.device], Judge]] = {
+    "callable": lambda cfg, device: CallableJudge(cfg.function),
+    "reward_model": lambda cfg, device: RewardModelJudge(cfg.name_or_path, **_model_kwargs(cfg, device)),
+    "pairwise": lambda cfg, device: PairwiseJudge(
+        cfg.name_or_path, template=cfg.pairwise_template, **_model_kwargs(cfg, device)
+    ),
+}
+
+
+def build_judge(cfg: JudgeConfig, device: torch.device | str) -> Judge:
+    """The judge `cfg` describes. `device` is the training process's, used when
+    `cfg.device` is "auto"; dtype "auto" keeps the checkpoint's own."""
+    if cfg.type not in _BUILDERS:
+        raise JudgeError(f"unknown judge type {cfg.type!r}; choose one of {sorted(_BUILDERS)}")
+    return _BUILDERS[cfg.type](cfg, torch.device(device if cfg.device == "auto" else cfg.device))

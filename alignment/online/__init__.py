@@ -1,0 +1,1 @@
+"""Online preference optimisation: sampling, the tabular theory, and built-in judges."""

@@ -1,0 +1,111 @@
+"""The `online:` recipe section: how completions are sampled and who judges them.
+
+Present in a recipe, it turns the run into online training (Nash-MD, online IPO,
+IPO-MD, online DPO): prompts come from `data`, completions from the sampler, and
+preferences from the judge."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from alignment.config_schema import ConfigError
+
+JUDGE_TYPES = ("callable", "reward_model", "pairwise")
+
+
+@dataclass
+class JudgeConfig:
+    """A preference model: P(y0 > y1) for a prompt and two completions.
+
+    - `callable`: `function` is `module:function`, called as
+      `function(prompts, completions) -> P` with `completions` a list of (y0, y1) text
+      pairs. The only way a recipe runs code of its own, and only code named here.
+    - `reward_model`: `name_or_path` of an AutoModelForSequenceClassification with one
+      output, the scalar reward r; P = sigmoid(r0 - r1) (Bradley-Terry).
+    - `pairwise`: `name_or_path` of an AutoModelForSequenceClassification that reads
+      the prompt and both completions (rendered with `pairwise_template`) and outputs
+      the logit of P(y0 > y1); it is asked in both orders and the answers averaged,
+      P = (f(y0, y1) + 1 - f(y1, y0)) / 2, so position bias cancels.
+
+    `device` is where the judge runs ("auto": the training process's device)."""
+
+    SCALAR_KEY = "function"
+
+    type: Literal["callable", "reward_model", "pairwise"] = "callable"
+    function: str | None = None
+    name_or_path: str | None = None
+    revision: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = "auto"
+    batch_size: int = 16
+    max_length: int = 1024
+    trust_remote_code: bool = False
+    pairwise_template: str = "{prompt}\n\nResponse A:\n{completion_a}\n\nResponse B:\n{completion_b}"
+
+    def __post_init__(self) -> None:
+        if self.type == "callable":
+            if not self.function or ":" not in self.function:
+                raise ConfigError(
+                    "online.judge.function: a callable judge is named as 'module:function' "
+                    f"(e.g. alignment.online.arithmetic_judge:closer_to_sum), got {self.function!r}"
+                )
+            if self.name_or_path is not None:
+                raise ConfigError("online.judge.name_or_path applies to reward_model and pairwise judges only")
+        else:
+            if not self.name_or_path:
+                raise ConfigError(f"online.judge.name_or_path is required for a {self.type} judge")
+            if self.function is not None:
+                raise ConfigError("online.judge.function applies to callable judges only")
+        if self.batch_size < 1:
+            raise ConfigError(f"online.judge.batch_size must be >= 1, got {self.batch_size}")
+        if self.max_length < 2:
+            raise ConfigError(f"online.judge.max_length must be >= 2, got {self.max_length}")
+
+
+@dataclass
+class OnlineConfig:
+    """Sampling and judging for online preference training.
+
+    `sampler` draws the completions the loss compares: `policy` (online IPO, online
+    DPO), `reference`, or `mixture`, the geometric mixture
+    softmax((1 - m) * policy_logits + m * reference_logits) with m = `mixture_coef`
+    (Nash-MD, IPO-MD). A loss that needs one sample from the policy itself (`nash_md`:
+    y ~ policy, y' ~ sampler) gets it whatever the sampler.
+
+    Generation: `temperature`, `top_k` (0: off), `top_p` (1: off), `max_new_tokens`.
+    A completion that reaches `max_new_tokens` without EOS is cut there, and
+    `missing_eos_penalty` is subtracted from its side of the judge's probability
+    (P(y0 > y1) += penalty * (missing_eos(y1) - missing_eos(y0)), clipped to [0, 1]),
+    so with a penalty of 1 an unfinished completion loses to a finished one."""
+
+    judge: JudgeConfig | None = None
+    sampler: Literal["policy", "reference", "mixture"] = "policy"
+    mixture_coef: float = 0.125
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    missing_eos_penalty: float = 0.0
+    eval_max_new_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.judge is None:
+            raise ConfigError(
+                "online.judge is required: 'module:function' for a Python judge, or a mapping with "
+                f"type ({', '.join(JUDGE_TYPES)}) and name_or_path"
+            )
+        if not 0.0 <= self.mixture_coef <= 1.0:
+            raise ConfigError(f"online.mixture_coef must be in [0, 1], got {self.mixture_coef}")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"online.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature <= 0:
+            raise ConfigError(f"online.temperature must be > 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ConfigError(f"online.top_k must be >= 0 (0 turns it off), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"online.top_p must be in (0, 1], got {self.top_p}")
+        if not 0.0 <= self.missing_eos_penalty <= 1.0:
+            raise ConfigError(f"online.missing_eos_penalty must be in [0, 1], got {self.missing_eos_penalty}")
+        if self.eval_max_new_tokens is not None and self.eval_max_new_tokens < 1:
+            raise ConfigError(f"online.eval_max_new_tokens must be >= 1, got {self.eval_max_new_tokens}")
