@@ -245,6 +245,12 @@ def _validate_training(raw: Any) -> dict[str, Any]:
             )
     if "output_dir" not in raw:
         raise ConfigError("training.output_dir is required")
+    from alignment.logprobs import FORWARD_CHOICES
+
+    if raw.get("forward", "auto") not in FORWARD_CHOICES:
+        raise ConfigError(
+            f"training.forward: {raw['forward']!r} is not allowed; allowed values: {', '.join(FORWARD_CHOICES)}"
+        )
     return dict(raw)
 
 

@@ -4,7 +4,7 @@ preference run needs."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import TrainingArguments
@@ -17,7 +17,14 @@ def _has_accelerator() -> bool:
 
 @dataclass
 class AlignmentTrainingArguments(TrainingArguments):
-    """`transformers.TrainingArguments`, unchanged names. Three differences:
+    """`transformers.TrainingArguments`, unchanged names, plus two of our own:
+
+    - `forward`: how per-completion log-probs are computed (`alignment.logprobs`):
+      `auto` (the fastest valid strategy), `baseline`, `packed` or `shared_prompt`;
+    - `logprob_chunk_size`: tokens per LM-head chunk for `packed` and `shared_prompt`
+      (0: one chunk).
+
+    Three defaults differ:
 
     - preference batches carry columns that are not model inputs, so
       `remove_unused_columns` is always off;
@@ -27,7 +34,16 @@ class AlignmentTrainingArguments(TrainingArguments):
     - gradient checkpointing defaults to the non-reentrant implementation, which
       backpropagates through frozen inputs (LoRA) and works under DDP."""
 
+    forward: str = field(default="auto", metadata={"help": "auto | baseline | packed | shared_prompt"})
+    logprob_chunk_size: int = field(default=1024, metadata={"help": "tokens per LM-head chunk (0: one chunk)"})
+
     def __post_init__(self) -> None:
+        from alignment.logprobs import FORWARD_CHOICES
+
+        if self.forward not in FORWARD_CHOICES:
+            raise ValueError(f"training.forward: {self.forward!r} is not one of {', '.join(FORWARD_CHOICES)}")
+        if self.logprob_chunk_size < 0:
+            raise ValueError(f"training.logprob_chunk_size must be >= 0, got {self.logprob_chunk_size}")
         self.remove_unused_columns = False
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if launched > 1 and not self.use_cpu and not _has_accelerator():

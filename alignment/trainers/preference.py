@@ -75,9 +75,9 @@ class PreferenceTrainer(Trainer):
     def _frozen_reference_logps(self, model: nn.Module, inputs: Mapping[str, Tensor]) -> Tensor:
         with torch.no_grad():
             if self.ref_model is not None:
-                return sequence_logps(self.ref_model, inputs)
+                return self._logps(self.ref_model, inputs)
             with self._adapters_disabled(model) as base:
-                return sequence_logps(base, inputs)
+                return self._logps(base, inputs)
 
     def reference_logps(self, model: nn.Module, inputs: Mapping[str, Tensor]) -> Tensor | None:
         if self.reference == "none":
@@ -124,10 +124,13 @@ class PreferenceTrainer(Trainer):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
+    def _logps(self, model: nn.Module, inputs: Mapping[str, Tensor]) -> Tensor:
+        return sequence_logps(model, inputs, self.args.forward, self.args.logprob_chunk_size or None)
+
     def batch_logps(self, model: nn.Module, inputs: Mapping[str, Tensor]) -> SequenceLogps:
         """The loss's input for a collated batch: policy (with grad) and reference log-probs."""
         return SequenceLogps(
-            policy=sequence_logps(model, inputs),
+            policy=self._logps(model, inputs),
             reference=self.reference_logps(model, inputs),
             scores=inputs["scores"],
             mask=inputs["mask"],

@@ -1,0 +1,127 @@
+"""Every forward strategy gives the baseline's per-completion log-probs and gradients
+(float32, 1e-5), for pairs and for K = 4 lists of uneven lengths, under SDPA and eager
+attention, with and without LoRA; the chunked LM head never holds the batch's logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from alignment.config import LoraConfig
+from alignment.logprobs import STRATEGIES, _output_head, resolve_strategy, sequence_logps
+from alignment.models import load_policy
+from tests.helpers import collate, tiny_model_config, tiny_rows, tokenized
+
+OTHERS = [s for s in STRATEGIES if s != "baseline"]
+
+
+@pytest.fixture(scope="module")
+def batches(tmp_path_factory):
+    pairs = tokenized(tiny_rows("pairs", n=6), tmp_path_factory.mktemp("pairs"))
+    lists = tiny_rows("lists", n=5)
+    # Uneven lists: long and short answers, and K = 4, 3 and 2 in one batch.
+    lists[0]["completions"] = ["7", "123456", "12", "9999"]
+    lists[0]["prompt"] = "1+2+3+4+5="
+    lists[1]["completions"], lists[1]["scores"] = lists[1]["completions"][:3], lists[1]["scores"][:3]
+    lists[2]["completions"], lists[2]["scores"] = ["3", "44"], [6.0, 1.0]
+    listwise = tokenized(lists, tmp_path_factory.mktemp("lists"), bad_rows="skip")
+    return {"pairs": collate(pairs), "lists": collate(listwise)}
+
+
+def model_with(attn: str, lora: bool = False):
+    torch.manual_seed(0)
+    cfg = tiny_model_config()
+    cfg.attn_implementation = attn
+    model = load_policy(cfg, lora=LoraConfig(r=4, alpha=8, dropout=0.0) if lora else None)
+    if lora:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.1)
+    return model.train()
+
+
+def logps_and_grads(model, batch, strategy, chunk_size=1024):
+    model.zero_grad()
+    logps = sequence_logps(model, batch, strategy, chunk_size=chunk_size)
+    weights = torch.linspace(-1.0, 2.0, logps.numel()).reshape(logps.shape)  # any fixed direction
+    (weights * logps).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return logps.detach(), grads
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("kind", ["pairs", "lists"])
+@pytest.mark.parametrize("strategy", OTHERS)
+def test_strategy_matches_baseline(batches, attn, kind, strategy):
+    batch = batches[kind]
+    if kind == "lists":
+        assert {2, 3, 4} <= set(batch["mask"].sum(-1).tolist())
+    model = model_with(attn)
+    base_logps, base_grads = logps_and_grads(model, batch, "baseline")
+    logps, grads = logps_and_grads(model, batch, strategy, chunk_size=5)  # several chunks
+    assert torch.allclose(logps, base_logps, atol=1e-5), (logps - base_logps).abs().max()
+    assert (logps[~batch["mask"]] == 0).all()
+    assert grads.keys() == base_grads.keys()
+    for name, g in grads.items():
+        assert torch.allclose(g, base_grads[name], atol=1e-5), (name, (g - base_grads[name]).abs().max())
+
+
+@pytest.mark.parametrize("strategy", OTHERS)
+def test_strategy_matches_baseline_with_lora(batches, strategy):
+    model = model_with("sdpa", lora=True)
+    base_logps, base_grads = logps_and_grads(model, batches["lists"], "baseline")
+    logps, grads = logps_and_grads(model, batches["lists"], strategy)
+    assert torch.allclose(logps, base_logps, atol=1e-5)
+    assert grads.keys() == base_grads.keys() and all("lora_" in n for n in grads)
+    for name, g in grads.items():
+        assert torch.allclose(g, base_grads[name], atol=1e-5), name
+
+
+def test_chunked_head_never_saves_the_batch_logits(batches):
+    """Logit-shaped tensors ([..., vocab]) that autograd keeps for backward: with chunks
+    of 4 tokens none holds more than 4 rows; the baseline keeps every row's logits."""
+    batch = batches["lists"]
+    tokens = int(batch["completion_attention_mask"].sum())
+    model = model_with("sdpa")
+    vocab = model.config.vocab_size
+
+    def largest_saved_logits(strategy: str, chunk_size: int | None) -> int:
+        sizes = [0]
+
+        def pack(t):
+            # (the LM head's own weight, saved as [hidden, vocab], is not activation memory)
+            if t.dim() >= 2 and t.shape[-1] == vocab and t.numel() != model.lm_head.weight.numel():
+                sizes.append(t.numel() // vocab)
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            sequence_logps(model, batch, strategy, chunk_size=chunk_size).sum()
+        return max(sizes)
+
+    assert largest_saved_logits("baseline", None) >= tokens  # every row's logits, prompts included
+    for strategy in OTHERS:
+        assert largest_saved_logits(strategy, 4) <= 4
+        # One chunk for everything: the completion tokens' logits only, never the prompts'.
+        assert largest_saved_logits(strategy, None) == tokens
+
+
+def test_auto_and_heads():
+    model = model_with("sdpa")
+    assert resolve_strategy(model, "auto") == "shared_prompt"
+    model.config._attn_implementation = "flash_attention_2"
+    assert resolve_strategy(model, "auto") == "packed"
+    model.config._attn_implementation = "sdpa"
+    assert _output_head(model) is model.lm_head
+    model.config.final_logit_softcapping = 30.0  # a head-only recomputation would skip the cap
+    assert _output_head(model) is None
+    with pytest.raises(ValueError, match="unknown forward strategy 'fast'; available: auto, baseline"):
+        resolve_strategy(model, "fast")
+
+
+def test_softcapped_models_fall_back_to_the_models_own_logits(batches):
+    model = model_with("sdpa")
+    base = sequence_logps(model, batches["pairs"], "baseline")
+    model.config.final_logit_softcapping = 30.0  # Llama ignores it; our code must not use the bare head
+    for strategy in OTHERS:
+        assert torch.allclose(sequence_logps(model, batches["pairs"], strategy), base, atol=1e-5)
