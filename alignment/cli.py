@@ -1,5 +1,6 @@
 """The `alignment` command: `alignment train --config RECIPE.yaml [--section.key=value ...]`,
-`alignment losses` and `alignment merge ADAPTER_DIR OUTPUT_DIR`."""
+`alignment validate --config RECIPE.yaml`, `alignment plot OUTPUT_DIR`, `alignment losses`
+and `alignment merge ADAPTER_DIR OUTPUT_DIR`."""
 
 from __future__ import annotations
 
@@ -86,7 +87,25 @@ def merge_main(argv: list[str]) -> int:
     return run_merge(argv)
 
 
-COMMANDS = {"train": train_main, "losses": losses_main, "merge": merge_main}
+def validate_main(argv: list[str]) -> int:
+    from alignment.validate import validate_main as run_validate
+
+    return run_validate(argv)
+
+
+def plot_main(argv: list[str]) -> int:
+    from alignment.plot import plot_main as run_plot
+
+    return run_plot(argv)
+
+
+COMMANDS = {
+    "train": train_main,
+    "losses": losses_main,
+    "merge": merge_main,
+    "validate": validate_main,
+    "plot": plot_main,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -265,13 +265,18 @@ def resolve_strategy(model: nn.Module, strategy: str) -> str:
     cannot take a block mask), else `shared_prompt`."""
     if strategy not in FORWARD_CHOICES:
         raise ValueError(f"unknown forward strategy {strategy!r}; available: {', '.join(FORWARD_CHOICES)}")
-    if strategy != "auto":
-        return strategy
     inner = model
     while hasattr(inner, "module") and isinstance(inner.module, nn.Module):
         inner = inner.module
-    attn = str(getattr(getattr(inner, "config", None), "_attn_implementation", "") or "")
-    return "packed" if "flash" in attn else "shared_prompt"
+    flash = "flash" in str(getattr(getattr(inner, "config", None), "_attn_implementation", "") or "")
+    if strategy == "shared_prompt" and flash:
+        raise ValueError(
+            "training.forward: shared_prompt needs a block attention mask, which flash attention cannot take; "
+            "use forward: packed (flash-attention varlen) or auto"
+        )
+    if strategy != "auto":
+        return strategy
+    return "packed" if flash else "shared_prompt"
 
 
 def sequence_logps(

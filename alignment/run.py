@@ -18,6 +18,7 @@ from alignment.data import build_datasets
 from alignment.data.prompts import build_prompt_datasets
 from alignment.judges import build_judge
 from alignment.losses import build_loss
+from alignment.model_card import write_model_card
 from alignment.models import load_policy, load_reference, load_tokenizer
 from alignment.reference import reference_identity
 from alignment.trainers import PreferenceTrainer
@@ -144,7 +145,6 @@ def train(config: Config) -> dict[str, float]:
     trainer.save_model(training_args.output_dir)
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
-    trainer.save_state()
 
     metrics = dict(result.metrics)
     if data.test is not None:
@@ -152,4 +152,7 @@ def train(config: Config) -> dict[str, float]:
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)  # writes <output_dir>/eval_results.json
         metrics.update(eval_metrics)
+    trainer.save_state()  # after the final evaluation, so the log history (and `alignment plot`) has it
+    if training_args.should_save:
+        write_model_card(training_args.output_dir, config, metrics)
     return metrics

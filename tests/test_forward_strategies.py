@@ -111,6 +111,8 @@ def test_auto_and_heads():
     assert resolve_strategy(model, "auto") == "shared_prompt"
     model.config._attn_implementation = "flash_attention_2"
     assert resolve_strategy(model, "auto") == "packed"
+    with pytest.raises(ValueError, match="shared_prompt needs a block attention mask"):
+        resolve_strategy(model, "shared_prompt")
     model.config._attn_implementation = "sdpa"
     assert _output_head(model) is model.lm_head
     model.config.final_logit_softcapping = 30.0  # a head-only recomputation would skip the cap

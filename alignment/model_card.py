@@ -1,0 +1,70 @@
+"""A model card (`README.md`) in the output directory: what was trained, from what, on
+what, with which loss, and how it scored. The Hub shows it when the directory is pushed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from alignment.config import Config
+
+
+def _base_model(config: Config) -> str:
+    model = config.model
+    return model.name_or_path or f"built from {model.config} (random weights, init_seed {model.init_seed})"
+
+
+def _datasets(config: Config) -> list[str]:
+    return [f"{s.path}" + (f" ({s.split})" if s.split != "train" else "") for s in config.data.train]
+
+
+def render_model_card(config: Config, metrics: dict[str, float]) -> str:
+    lora = f"r={config.lora.r}, alpha={config.lora.alpha:g}" if config.lora else "no (full fine-tune)"
+    bits = f"{config.quantization.bits}-bit" if config.quantization else "none"
+    losses = "; ".join(f"{s.weight:g} x `{s.name}` {s.params or ''}".rstrip() for s in config.loss)
+    front = {
+        "library_name": "alignment",
+        "tags": ["alignment", "preference-optimization", *dict.fromkeys(s.name for s in config.loss)],
+    }
+    if config.model.name_or_path:
+        front["base_model"] = config.model.name_or_path
+    hub_sets = [s.path for s in config.data.train if "/" in s.path and not Path(s.path).exists()]
+    if hub_sets:
+        front["datasets"] = hub_sets
+    lines = [
+        "---",
+        yaml.safe_dump(front, sort_keys=False).strip(),
+        "---",
+        "",
+        f"# {Path(config.training['output_dir']).name}",
+        "",
+        f"Preference-trained with `alignment`. Base model: **{_base_model(config)}**.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| loss | {losses} |",
+        f"| reference | {config.reference.type} |",
+        f"| training data | {', '.join(_datasets(config))} |",
+        f"| LoRA | {lora} |",
+        f"| quantization | {bits} |",
+    ]
+    if config.online is not None:
+        lines.append(
+            f"| online | {config.online.sampler} sampler, judge {config.online.judge.function or config.online.judge.name_or_path} |"
+        )
+    lines += ["", "## Final metrics", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in sorted(metrics.items()) if not k.endswith(("_runtime", "per_second"))]
+    lines += ["", "## Recipe", "", "The resolved recipe is `alignment_config.yaml` in this directory.", ""]
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def write_model_card(output_dir: str | Path, config: Config, metrics: dict[str, float]) -> Path:
+    path = Path(output_dir) / "README.md"
+    path.write_text(render_model_card(config, metrics))
+    return path
