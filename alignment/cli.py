@@ -48,6 +48,7 @@ def train_main(argv: list[str]) -> int:
     from alignment.judges import JudgeError
     from alignment.run import train
     from alignment.trainers.checkpoints import CheckpointError
+    from alignment.trainers.faults import PREEMPTED_EXIT_CODE, NonFiniteLossError, Preempted
 
     try:
         train(config)
@@ -63,8 +64,14 @@ def train_main(argv: list[str]) -> int:
         print(f"alignment: checkpoint error: {err}", file=sys.stderr)
         return 2
     except JudgeError as err:
-        print(f"alignment: judge error: {err}", file=sys.stderr)
+        print(f"\nalignment: judge error: {err}", file=sys.stderr)  # a new line: a progress bar may be mid-line
         return 2
+    except NonFiniteLossError as err:
+        print(f"\nalignment: training stopped: {err}", file=sys.stderr)
+        return 1
+    except Preempted as err:
+        print(f"\nalignment: {err}", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
     return 0
 
 

@@ -43,6 +43,7 @@ class ModelConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     attn_implementation: str | None = None
     trust_remote_code: bool = False
+    allow_unsafe_weights: bool = False  # load pickle-based (.bin) weights; safetensors only otherwise
 
     def __post_init__(self) -> None:
         if (self.name_or_path is None) == (self.config is None):

@@ -10,7 +10,7 @@ import tempfile
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from alignment.config import LoraConfig, ModelConfig, QuantizationConfig, ReferenceConfig
+from alignment.config import ConfigError, LoraConfig, ModelConfig, QuantizationConfig, ReferenceConfig
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,18 @@ def _build_or_load(
         with tempfile.TemporaryDirectory(prefix="alignment-built-") as tmp:
             _build_from_config(config_path, init_seed, cfg, kwargs).save_pretrained(tmp)
             return AutoModelForCausalLM.from_pretrained(tmp, **load_kwargs)
-    return AutoModelForCausalLM.from_pretrained(name_or_path, **load_kwargs)
+    if not cfg.allow_unsafe_weights:
+        # Pickle-based weights (.bin, .pt) can run code when loaded: safetensors only, unless the recipe allows them.
+        load_kwargs["use_safetensors"] = True
+    try:
+        return AutoModelForCausalLM.from_pretrained(name_or_path, **load_kwargs)
+    except OSError as err:
+        if cfg.allow_unsafe_weights or "safetensors" not in str(err):
+            raise
+        raise ConfigError(
+            f"{name_or_path!r} has no safetensors weights. Only safetensors are loaded: pickle-based weights can "
+            "run code when loaded. Convert the checkpoint, or set model.allow_unsafe_weights: true if you trust it"
+        ) from None
 
 
 def peft_lora_config(cfg: LoraConfig):

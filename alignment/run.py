@@ -23,6 +23,7 @@ from alignment.models import load_policy, load_reference, load_tokenizer
 from alignment.reference import reference_identity
 from alignment.trainers import PreferenceTrainer
 from alignment.trainers.checkpoints import resolve_resume
+from alignment.trainers.faults import Preempted, PreemptionCallback
 from alignment.trainers.online import OnlineTrainer
 
 logger = logging.getLogger("alignment")
@@ -81,12 +82,9 @@ def check_online_lengths(config: Config, model) -> None:
 def train(config: Config) -> dict[str, float]:
     training_args = config.training_arguments()
     setup_logging(training_args)
+    resolved = dump_config(config)
     if training_args.process_index == 0:
-        resolved = dump_config(config)
         print(f"resolved config:\n{resolved}", flush=True)
-        os.makedirs(training_args.output_dir, exist_ok=True)
-        with open(os.path.join(training_args.output_dir, CONFIG_FILENAME), "w") as f:
-            f.write(resolved)
     set_seed(training_args.seed)
     check_backend(config)
     # Checked before anything is loaded: a bad checkpoint path should fail in seconds.
@@ -138,10 +136,25 @@ def train(config: Config) -> dict[str, float]:
         initial = reference.name_or_path is None and reference.init_seed in (None, config.model.init_seed)
         trainer = OnlineTrainer(judge=judge, online=config.online, reference_is_initial=initial, **common)
     del ref_model  # the trainer holds the prepared copy (and drops it after a precompute pass)
+    # Written only now: a recipe whose data or models fail to load leaves no output directory behind.
+    if training_args.process_index == 0:
+        os.makedirs(training_args.output_dir, exist_ok=True)
+        with open(os.path.join(training_args.output_dir, CONFIG_FILENAME), "w") as f:
+            f.write(resolved)
+    preemption = PreemptionCallback(trainer.accelerator)
+    trainer.add_callback(preemption)
     if reference.type == "precompute":
         identity = reference_identity(config.model, reference, config.quantization)
         trainer.precompute_reference(identity, reference.precompute_batch_size)
-    result = trainer.train(resume_from_checkpoint=resume)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    finally:
+        preemption.restore()
+    if preemption.preempted_at is not None:
+        raise Preempted(
+            f"stopped by SIGTERM at step {preemption.preempted_at}; checkpoint-{preemption.preempted_at} is saved in "
+            f"{training_args.output_dir}. Rerun with --training.resume_from_checkpoint=latest to continue"
+        )
     trainer.save_model(training_args.output_dir)
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)

@@ -17,12 +17,13 @@ def _has_accelerator() -> bool:
 
 @dataclass
 class AlignmentTrainingArguments(TrainingArguments):
-    """`transformers.TrainingArguments`, unchanged names, plus two of our own:
+    """`transformers.TrainingArguments`, unchanged names, plus three of our own:
 
     - `forward`: how per-completion log-probs are computed (`alignment.logprobs`):
       `auto` (the fastest valid strategy), `baseline`, `packed` or `shared_prompt`;
     - `logprob_chunk_size`: tokens per LM-head chunk for `packed` and `shared_prompt`
-      (0: one chunk).
+      (0: one chunk);
+    - `nonfinite_loss`: `stop` (default) or `skip` a step whose loss is NaN or inf.
 
     Three defaults differ:
 
@@ -36,12 +37,15 @@ class AlignmentTrainingArguments(TrainingArguments):
 
     forward: str = field(default="auto", metadata={"help": "auto | baseline | packed | shared_prompt"})
     logprob_chunk_size: int = field(default=1024, metadata={"help": "tokens per LM-head chunk (0: one chunk)"})
+    nonfinite_loss: str = field(default="stop", metadata={"help": "on a NaN/inf loss: stop | skip (the step)"})
 
     def __post_init__(self) -> None:
         from alignment.logprobs import FORWARD_CHOICES
 
         if self.forward not in FORWARD_CHOICES:
             raise ValueError(f"training.forward: {self.forward!r} is not one of {', '.join(FORWARD_CHOICES)}")
+        if self.nonfinite_loss not in ("stop", "skip"):
+            raise ValueError(f"training.nonfinite_loss: {self.nonfinite_loss!r} is not one of stop, skip")
         if self.logprob_chunk_size < 0:
             raise ValueError(f"training.logprob_chunk_size must be >= 0, got {self.logprob_chunk_size}")
         self.remove_unused_columns = False

@@ -1,11 +1,14 @@
-"""Checkpoints that are either complete or ignored.
+"""Checkpoints that are either complete and intact, or ignored.
 
 `transformers.Trainer` writes `checkpoint-N/` file by file, so a process killed while
 saving leaves a directory that looks like a checkpoint. Each finished checkpoint gets
-a marker file, written last and atomically; resuming only ever picks marked ones."""
+a marker file, written last and atomically, that records the size and SHA-256 of every
+file in it. Resuming only ever picks marked checkpoints whose files still match: a
+truncated, overwritten or deleted file is found before anything is loaded."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -19,18 +22,54 @@ _CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
 class CheckpointError(ValueError):
-    """A checkpoint to resume from is missing or incomplete."""
+    """A checkpoint to resume from is missing, incomplete or corrupted."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _files(checkpoint_dir: Path) -> list[Path]:
+    return sorted(p for p in checkpoint_dir.rglob("*") if p.is_file() and not p.name.endswith(COMPLETE_MARKER))
 
 
 def mark_complete(checkpoint_dir: str | os.PathLike[str], step: int) -> None:
-    path = Path(checkpoint_dir) / COMPLETE_MARKER
+    """Write the marker: the step and each file's size and SHA-256."""
+    root = Path(checkpoint_dir)
+    files = {str(p.relative_to(root)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in _files(root)}
+    path = root / COMPLETE_MARKER
     tmp = path.with_name(f".{COMPLETE_MARKER}.tmp")
-    tmp.write_text(json.dumps({"global_step": step}))
+    tmp.write_text(json.dumps({"global_step": step, "files": files}, indent=1))
     os.replace(tmp, path)  # atomic: the marker exists whole or not at all
 
 
+def problem(checkpoint_dir: str | os.PathLike[str]) -> str | None:
+    """What is wrong with a checkpoint (None: complete and intact)."""
+    root = Path(checkpoint_dir)
+    marker = root / COMPLETE_MARKER
+    if not marker.is_file():
+        return f"incomplete (no {COMPLETE_MARKER}; the run stopped while saving it)"
+    try:
+        recorded = json.loads(marker.read_text()).get("files")
+    except (json.JSONDecodeError, AttributeError):
+        return f"corrupted: {COMPLETE_MARKER} is not valid JSON"
+    for name, expected in (recorded or {}).items():  # markers of older versions record no files
+        path = root / name
+        if not path.is_file():
+            return f"corrupted: {name} is missing"
+        if path.stat().st_size != expected["bytes"]:
+            return f"corrupted: {name} has {path.stat().st_size} bytes, {expected['bytes']} were saved"
+        if _sha256(path) != expected["sha256"]:
+            return f"corrupted: {name} does not match the SHA-256 recorded when it was saved"
+    return None
+
+
 def is_complete(checkpoint_dir: str | os.PathLike[str]) -> bool:
-    return (Path(checkpoint_dir) / COMPLETE_MARKER).is_file()
+    return problem(checkpoint_dir) is None
 
 
 def checkpoints(output_dir: str | os.PathLike[str]) -> list[Path]:
@@ -45,9 +84,10 @@ def checkpoints(output_dir: str | os.PathLike[str]) -> list[Path]:
 def latest_complete_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:
     candidates = checkpoints(output_dir)
     for path in reversed(candidates):
-        if is_complete(path):
+        found = problem(path)
+        if found is None:
             return path
-        logger.warning("ignoring %s: it has no %s (the run stopped while saving it)", path, COMPLETE_MARKER)
+        logger.warning("ignoring %s: it is %s", path, found)
     return None
 
 
@@ -68,9 +108,9 @@ def resolve_resume(value: str | bool | None, output_dir: str) -> str | None:
     path = Path(str(value))
     if not path.is_dir():
         raise CheckpointError(f"training.resume_from_checkpoint: {value!r} is not a directory")
-    if not is_complete(path):
+    found = problem(path)
+    if found is not None:
         raise CheckpointError(
-            f"training.resume_from_checkpoint: {value!r} is incomplete (no {COMPLETE_MARKER}; the run "
-            "stopped while saving it). Resume from an earlier checkpoint or use `latest`."
+            f"training.resume_from_checkpoint: {value!r} is {found}. Resume from an earlier checkpoint or use `latest`."
         )
     return str(path)

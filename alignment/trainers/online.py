@@ -22,6 +22,7 @@ from alignment.losses import LossOutput, PreferenceLoss, SequenceLogps
 from alignment.online.config import OnlineConfig
 from alignment.online.sampler import GenerationSettings, ModelStream, Samples, eos_ids, sample
 from alignment.trainers.arguments import AlignmentTrainingArguments
+from alignment.trainers.faults import guard_nonfinite
 from alignment.trainers.preference import PreferenceTrainer
 
 SAMPLER_COEF = {"policy": 0.0, "reference": 1.0}
@@ -157,6 +158,7 @@ class OnlineTrainer(PreferenceTrainer):
         batch = self._pair_batch(inputs, first, second, p)
         logps = self.batch_logps(model, batch)
         output = self.loss_fn(logps)
+        output.loss = guard_nonfinite(self, model, output.loss, logps)
         from_policy = torch.tensor([first_coef == 0.0, self.coef == 0.0], device=p.device)
         output.metrics.update(self._sample_metrics(logps, (first, second), from_policy))
         output.metrics["online/preference"] = p.mean().detach()

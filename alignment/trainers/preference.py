@@ -18,6 +18,7 @@ from alignment.losses import LossOutput, PreferenceLoss, SequenceLogps
 from alignment.reference import REFERENCE_COLUMN, add_reference_logps, prepare_frozen_model
 from alignment.trainers.arguments import AlignmentTrainingArguments
 from alignment.trainers.checkpoints import mark_complete
+from alignment.trainers.faults import guard_nonfinite
 from alignment.trainers.metrics import MetricAccumulator
 
 
@@ -64,6 +65,7 @@ class PreferenceTrainer(Trainer):
         self.reference = reference
         self.ref_model = None if ref_model is None else prepare_frozen_model(ref_model, self.accelerator)
         self._metrics = {"train": MetricAccumulator(), "eval": MetricAccumulator()}
+        self.nonfinite_skipped = 0
 
     @contextlib.contextmanager
     def _adapters_disabled(self, model: nn.Module):
@@ -142,6 +144,8 @@ class PreferenceTrainer(Trainer):
     ) -> Tensor | tuple[Tensor, LossOutput]:
         logps = self.batch_logps(model, inputs)
         output = self.loss_fn(logps)
+        if model.training:
+            output.loss = guard_nonfinite(self, model, output.loss, logps)
         self._metrics["train" if model.training else "eval"].add(output, inputs["mask"])
         return (output.loss, output) if return_outputs else output.loss
 
@@ -172,4 +176,6 @@ class PreferenceTrainer(Trainer):
         self._metrics[mode].reset()
         prefix = "eval_" if mode == "eval" else ""
         logs.update({f"{prefix}{name}": value for name, value in metrics.items()})
+        if mode == "train" and self.nonfinite_skipped:
+            logs["nonfinite_skipped"] = self.nonfinite_skipped
         super().log(logs, start_time)

@@ -1,0 +1,94 @@
+"""What a run does when something goes wrong while it trains: a non-finite loss, and a
+SIGTERM (a Slurm preemption, a spot instance going away).
+
+Both decisions are collective: every process takes the same branch, so a fault seen by
+one rank never leaves the others waiting in an all-reduce."""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import torch
+from torch import Tensor, nn
+from transformers import TrainerCallback
+
+from alignment.losses import SequenceLogps
+
+logger = logging.getLogger(__name__)
+
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, the shell's convention for "terminated"
+
+
+class Preempted(RuntimeError):
+    """The run stopped on SIGTERM after saving a checkpoint."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or inf and `training.nonfinite_loss` is `stop`."""
+
+
+def _any_process(flag: bool, accelerator) -> bool:
+    if accelerator.num_processes == 1:
+        return flag
+    value = torch.tensor([float(flag)], device=accelerator.device)
+    return bool(accelerator.reduce(value, "sum").item() > 0)
+
+
+def _where(logps: SequenceLogps) -> str:
+    """Which lists of the batch hold non-finite log-probs: the likely culprit."""
+    parts = []
+    for name in ("policy", "reference"):
+        values = getattr(logps, name)
+        if values is not None:
+            lists = (~torch.isfinite(values) & logps.mask.bool()).any(-1).nonzero().flatten().tolist()
+            if lists:
+                parts.append(f"{name} log-probs of lists {lists}")
+    return "non-finite " + " and ".join(parts) if parts else "finite log-probs (the loss itself overflowed)"
+
+
+def guard_nonfinite(trainer, model: nn.Module, loss: Tensor, logps: SequenceLogps) -> Tensor:
+    """`loss`, unless it is NaN or inf on any process. Then, by `training.nonfinite_loss`:
+    `stop` raises NonFiniteLossError naming the step and the batch; `skip` counts the
+    step and returns a zero loss whose gradient is exactly zero, so the optimizer step
+    changes nothing but the counters (AdamW with zero gradients only decays its moments)."""
+    if not _any_process(not bool(torch.isfinite(loss.detach()).all()), trainer.accelerator):
+        return loss
+    step = trainer.state.global_step + 1
+    lists = int(logps.mask.any(-1).sum())
+    if trainer.args.nonfinite_loss == "stop":
+        raise NonFiniteLossError(
+            f"the training loss is {loss.item()} at step {step} (a batch of {lists} lists; {_where(logps)}). "
+            "Lower the learning rate, check the data, or set training.nonfinite_loss: skip to skip such steps"
+        )
+    trainer.nonfinite_skipped += 1
+    logger.warning(
+        "step %d: non-finite loss (%s), step skipped (%d so far)", step, _where(logps), trainer.nonfinite_skipped
+    )
+    return sum((p.sum() * 0.0 for p in model.parameters() if p.requires_grad), loss.new_zeros(()))
+
+
+class PreemptionCallback(TrainerCallback):
+    """On SIGTERM, finish the current step, save a checkpoint and stop. The run then
+    exits with PREEMPTED_EXIT_CODE; rerunning with `resume_from_checkpoint=latest`
+    continues from that checkpoint."""
+
+    def __init__(self, accelerator) -> None:
+        self.accelerator = accelerator
+        self.requested = False
+        self.preempted_at: int | None = None
+        self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.requested = True  # acted on at the end of the step: never mid-backward
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if _any_process(self.requested, self.accelerator):
+            logger.warning("SIGTERM: saving a checkpoint at step %d and stopping", state.global_step)
+            self.preempted_at = state.global_step
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
