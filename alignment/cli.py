@@ -44,7 +44,7 @@ def train_main(argv: list[str]) -> int:
     except (ConfigError, FileNotFoundError) as err:
         print(f"alignment: config error: {err}", file=sys.stderr)
         return 2
-    from alignment.data import BadRowError
+    from alignment.data import BadRowError, DataError
     from alignment.judges import JudgeError
     from alignment.run import train
     from alignment.trainers.checkpoints import CheckpointError
@@ -56,6 +56,9 @@ def train_main(argv: list[str]) -> int:
         print(
             f"alignment: data error: {err}\n(set data.bad_rows: skip to drop such rows and count them)", file=sys.stderr
         )
+        return 2
+    except DataError as err:
+        print(f"alignment: data error: {err}", file=sys.stderr)
         return 2
     except ConfigError as err:  # a conflict with the launcher's backend, found once it is known
         print(f"alignment: config error: {err}", file=sys.stderr)

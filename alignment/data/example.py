@@ -21,7 +21,11 @@ class PreferenceExample:
     scores: list[float]
 
 
-class BadRowError(ValueError):
+class DataError(ValueError):
+    """The recipe's data cannot be used as it is: the message says which source and why."""
+
+
+class BadRowError(DataError):
     """A dataset row that cannot become a PreferenceExample. Names the row, its source
     and what is wrong, so that a user can find and fix it."""
 

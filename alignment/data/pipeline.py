@@ -22,7 +22,7 @@ from alignment.config import DataConfig, SourceConfig
 from alignment.data import adapters as adapters_module
 from alignment.data import example as example_module
 from alignment.data.adapters import adapt_row, detect_layout
-from alignment.data.example import BadRowError
+from alignment.data.example import BadRowError, DataError
 from alignment.data.sources import load_source, mix, source_label, take_fraction
 from alignment.data.tokenize import STATS_COLUMNS, resolve_chat_template, tokenize_dataset
 
@@ -182,7 +182,7 @@ def _prepare_split(
         reports.append(report)
     mixed = mix(parts, cfg.seed)
     if len(mixed) == 0:
-        raise ValueError(f"data.{split}: no usable rows left in {[source_label(s) for s in sources]}")
+        raise DataError(f"data.{split}: no usable rows left in {[source_label(s) for s in sources]}")
     return mixed
 
 
@@ -194,9 +194,9 @@ def _prepare_source(
     try:
         layout = detect_layout(raw.column_names) if src.layout == "auto" else src.layout
     except ValueError as err:
-        raise ValueError(f"data source {label}: {err}") from None
+        raise DataError(f"data source {label}: {err}") from None
     if layout == "prompt":
-        raise ValueError(
+        raise DataError(
             f"data source {label}: it holds prompts only (no chosen/rejected or completions); prompt-only data is "
             "for online training -- add an `online:` section to the recipe, or use preference data"
         )

@@ -19,7 +19,7 @@ from alignment.config import DataConfig, SourceConfig
 from alignment.data import adapters as adapters_module
 from alignment.data import tokenize as tokenize_module
 from alignment.data.adapters import adapt_prompt, detect_layout
-from alignment.data.example import BadRowError
+from alignment.data.example import BadRowError, DataError
 from alignment.data.pipeline import (
     BOOKKEEPING_COLUMNS,
     DataReport,
@@ -62,7 +62,7 @@ def build_prompt_datasets(cfg: DataConfig, tokenizer: Any) -> PreparedData:
             parts = [_prepare_source(src, split, cfg, tokenizer, chat_template, reports) for src in sources]
             splits[split] = mix(parts, cfg.seed)
             if len(splits[split]) == 0:
-                raise ValueError(f"data.{split}: no usable prompts left in {[source_label(s) for s in sources]}")
+                raise DataError(f"data.{split}: no usable prompts left in {[source_label(s) for s in sources]}")
     if "test" not in splits and cfg.test_size > 0:
         parts = splits["train"].train_test_split(test_size=cfg.test_size, seed=cfg.seed)
         splits["train"], splits["test"] = parts["train"], parts["test"]
@@ -88,7 +88,7 @@ def _prepare_source(
     try:
         layout = detect_layout(raw.column_names) if src.layout == "auto" else src.layout
     except ValueError as err:
-        raise ValueError(f"data source {label}: {err}") from None
+        raise DataError(f"data source {label}: {err}") from None
     report = SourceReport(source=label, split=split, layout=layout, rows_loaded=len(raw))
     reports.append(report)
     if len(raw) == 0:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import datasets
 
 from alignment.config import SourceConfig
+from alignment.data.example import BadRowError, DataError
 
 # Local file suffix -> `datasets` builder.
 LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -28,10 +30,41 @@ def source_label(src: SourceConfig) -> str:
     return f"{src.path}{subset}[{src.split}]"
 
 
+def check_local_file(path: str) -> None:
+    """Problems `datasets` reports only as a traceback from deep inside its loader, found
+    first and named: an empty file, bytes that are not UTF-8, a JSON Lines line that is
+    not JSON. Row numbers count non-empty lines from 0, as the loader does."""
+    with open(path, "rb") as handle:
+        if not handle.read(1 << 16).strip():
+            raise DataError(f"data source {path}: the file is empty")
+    if not path.lower().endswith(".jsonl"):
+        return
+    row = 0
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError as err:
+                raise BadRowError(
+                    path,
+                    row,
+                    "not_utf8",
+                    f"line {number} is not UTF-8 (byte {err.start}: {line[err.start : err.start + 1]!r})",
+                ) from None
+            except json.JSONDecodeError as err:
+                raise BadRowError(
+                    path, row, "malformed_json", f"line {number} is not valid JSON: {err.msg} at character {err.pos}"
+                ) from None
+            row += 1
+
+
 def load_source(src: SourceConfig) -> datasets.Dataset:
     """Load one source's rows (all of them: `fraction` is applied by `take_fraction`)."""
     builder = local_builder(src.path)
     if builder is not None:
+        check_local_file(src.path)
         # A local file is a single split, whatever `split` says.
         return datasets.load_dataset(builder, data_files=src.path, split="train")
     return datasets.load_dataset(src.path, src.name, split=src.split, revision=src.revision)
