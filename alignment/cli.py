@@ -37,12 +37,20 @@ def split_args(argv: list[str]) -> tuple[str | None, list[str]]:
     return config, overrides
 
 
-def train_main(argv: list[str]) -> int:
+def config_from_argv(argv: list[str]):
+    """The validated recipe of `--config PATH [--section.key=value ...]`, or None after
+    printing the config error as one line."""
     try:
         path, overrides = split_args(argv)
-        config = load_config(path, overrides)
+        return load_config(path, overrides)
     except (ConfigError, FileNotFoundError) as err:
         print(f"alignment: config error: {err}", file=sys.stderr)
+        return None
+
+
+def train_main(argv: list[str]) -> int:
+    config = config_from_argv(argv)
+    if config is None:
         return 2
     from alignment.data import BadRowError, DataError
     from alignment.judges import JudgeError

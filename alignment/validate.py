@@ -10,11 +10,10 @@ no usable rows), 2 for a config error."""
 from __future__ import annotations
 
 import dataclasses
-import sys
 from collections.abc import Sequence
 from itertools import combinations
 
-from alignment.config import Config, ConfigError, load_config
+from alignment.config import Config
 
 
 def histogram(values: Sequence[int], bins: int = 8, width: int = 40) -> list[str]:
@@ -98,13 +97,10 @@ def report(config: Config) -> tuple[list[str], int]:
 
 
 def validate_main(argv: list[str]) -> int:
-    from alignment.cli import split_args
+    from alignment.cli import config_from_argv
 
-    try:
-        path, overrides = split_args(argv)
-        config = load_config(path, overrides)
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"alignment: config error: {err}", file=sys.stderr)
+    config = config_from_argv(argv)
+    if config is None:
         return 2
     lines, status = report(config)
     print("\n".join(lines))

@@ -185,21 +185,26 @@ def _lora(model):
     return get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
 
 
-def run_ours(preset: Preset, directory: Path) -> dict:
+def _models(preset: Preset, directory: Path):
+    """(tokenizer, policy, reference): with QLoRA the policy is the 4-bit base with
+    adapters and there is no separate reference (the adapters-off base is one)."""
     from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(directory / "model")
+    policy = _load_model(preset, directory)
+    if preset.qlora:
+        return tokenizer, _lora(policy), None
+    return tokenizer, policy, _load_model(preset, directory)
+
+
+def run_ours(preset: Preset, directory: Path) -> dict:
 
     from alignment.config import DataConfig, SourceConfig
     from alignment.data import build_datasets
     from alignment.losses import get_loss
     from alignment.trainers import AlignmentTrainingArguments, PreferenceTrainer
 
-    tokenizer = AutoTokenizer.from_pretrained(directory / "model")
-    policy = _load_model(preset, directory)
-    reference = None
-    if preset.qlora:
-        policy = _lora(policy)
-    else:
-        reference = _load_model(preset, directory)
+    tokenizer, policy, reference = _models(preset, directory)
     args = AlignmentTrainingArguments(**_training_kwargs(preset, directory / "ours", preset.batch), forward="auto")
     loss = get_loss("dpo", beta=0.1, pairs="all")
     start = time.perf_counter()
@@ -229,16 +234,9 @@ def run_ours(preset: Preset, directory: Path) -> dict:
 
 def run_trl(preset: Preset, directory: Path, best: bool) -> dict:
     import datasets
-    from transformers import AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    tokenizer = AutoTokenizer.from_pretrained(directory / "model")
-    policy = _load_model(preset, directory)
-    reference = None
-    if preset.qlora:
-        policy = _lora(policy)
-    else:
-        reference = _load_model(preset, directory)
+    tokenizer, policy, reference = _models(preset, directory)
     pairs_per_step = preset.batch * preset.k * (preset.k - 1) // 2
     args = DPOConfig(
         **_training_kwargs(preset, directory / ("trl-best" if best else "trl-default"), pairs_per_step),
