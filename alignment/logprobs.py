@@ -98,15 +98,20 @@ def chunked_token_logps(hidden: Tensor, targets: Tensor, head: nn.Module, chunk_
     return torch.cat(parts)
 
 
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The model inside DDP / DeepSpeed wrappers (each keeps it as `.module`)."""
+    while hasattr(model, "module") and isinstance(model.module, nn.Module):
+        model = model.module
+    return model
+
+
 def _output_head(model: nn.Module) -> nn.Module | None:
     """The LM head, when logits are exactly head(final hidden state): no softcapping or
     logit scaling (Gemma 2, Cohere), which a head-only recomputation would skip. Not
     under FSDP, which reshards the root's parameters (the head's) after the forward."""
     if "FullyShardedDataParallel" in type(model).__name__:
         return None
-    inner = model
-    while hasattr(inner, "module") and isinstance(inner.module, nn.Module):  # DDP / DeepSpeed wrappers
-        inner = inner.module
+    inner = _unwrapped(model)
     if type(inner).__name__.startswith("FSDP"):  # FSDP2's fully_shard renames the class
         return None
     config = getattr(inner, "config", None)
@@ -265,10 +270,8 @@ def resolve_strategy(model: nn.Module, strategy: str) -> str:
     cannot take a block mask), else `shared_prompt`."""
     if strategy not in FORWARD_CHOICES:
         raise ValueError(f"unknown forward strategy {strategy!r}; available: {', '.join(FORWARD_CHOICES)}")
-    inner = model
-    while hasattr(inner, "module") and isinstance(inner.module, nn.Module):
-        inner = inner.module
-    flash = "flash" in str(getattr(getattr(inner, "config", None), "_attn_implementation", "") or "")
+    config = getattr(_unwrapped(model), "config", None)
+    flash = "flash" in str(getattr(config, "_attn_implementation", "") or "")
     if strategy == "shared_prompt" and flash:
         raise ValueError(
             "training.forward: shared_prompt needs a block attention mask, which flash attention cannot take; "

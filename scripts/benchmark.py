@@ -169,11 +169,10 @@ def _load_model(preset: Preset, directory: Path):
 
     kwargs = {"dtype": getattr(torch, preset.dtype)}
     if preset.qlora:
-        from transformers import BitsAndBytesConfig
+        from alignment.config import QuantizationConfig
+        from alignment.models import bitsandbytes_config
 
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
-        )
+        kwargs["quantization_config"] = bitsandbytes_config(QuantizationConfig(bits=4, quant_type="nf4"))
     model = AutoModelForCausalLM.from_pretrained(directory / "model", **kwargs)
     return model.to(preset.device) if not preset.qlora else model
 
