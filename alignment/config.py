@@ -10,8 +10,10 @@ and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import logging
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -195,7 +197,10 @@ class Config:
         TrainingArguments sets up the distributed state)."""
         from alignment.trainers.arguments import AlignmentTrainingArguments
 
-        return AlignmentTrainingArguments(**self.training)
+        try:
+            return AlignmentTrainingArguments(**self.training)
+        except ValueError as err:  # transformers' checks of combinations: one line, naming the section
+            raise ConfigError(f"training: {err}") from None
 
 
 def _check_local_path(key: str, value: str | None) -> None:
@@ -246,6 +251,7 @@ def _validate_training(raw: Any) -> dict[str, Any]:
             )
     if "output_dir" not in raw:
         raise ConfigError("training.output_dir is required")
+    raw = {key: _training_choice(key, value) for key, value in raw.items()}
     from alignment.logprobs import FORWARD_CHOICES
 
     if raw.get("forward", "auto") not in FORWARD_CHOICES:
@@ -253,6 +259,31 @@ def _validate_training(raw: Any) -> dict[str, Any]:
             f"training.forward: {raw['forward']!r} is not allowed; allowed values: {', '.join(FORWARD_CHOICES)}"
         )
     return dict(raw)
+
+
+def _enum_of(name: str) -> type[enum.Enum] | None:
+    from alignment.trainers.arguments import AlignmentTrainingArguments
+
+    spec = AlignmentTrainingArguments.__dataclass_fields__[name]
+    for member in typing.get_args(spec.type):
+        if isinstance(member, type) and issubclass(member, enum.Enum):
+            return member
+    return None
+
+
+def _training_choice(key: str, value: Any) -> Any:
+    """An enum-valued TrainingArguments key (`save_strategy`, `optim`, ...) checked now,
+    naming the allowed values, rather than by transformers once the run has started.
+    YAML 1.1 reads a bare `no` as false: for these keys it means the choice "no"."""
+    choices = _enum_of(key)
+    if choices is None:
+        return value
+    if value is False:
+        value = "no"
+    allowed = [member.value for member in choices]
+    if value not in allowed and not isinstance(value, choices):
+        raise ConfigError(f"training.{key}: {value!r} is not allowed; allowed values: {', '.join(map(str, allowed))}")
+    return value
 
 
 def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None = None) -> Config:

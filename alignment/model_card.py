@@ -24,8 +24,11 @@ def render_model_card(config: Config, metrics: dict[str, float]) -> str:
     lora = f"r={config.lora.r}, alpha={config.lora.alpha:g}" if config.lora else "no (full fine-tune)"
     bits = f"{config.quantization.bits}-bit" if config.quantization else "none"
     losses = "; ".join(f"{s.weight:g} x `{s.name}` {s.params or ''}".rstrip() for s in config.loss)
+    # The Hub keys its "use this model" snippet on `library_name`: an adapter loads with
+    # PEFT, a full model with transformers. `alignment` is a tag, as TRL tags its runs.
     front = {
-        "library_name": "alignment",
+        "library_name": "peft" if config.lora else "transformers",
+        "pipeline_tag": "text-generation",
         "tags": ["alignment", "preference-optimization", *dict.fromkeys(s.name for s in config.loss)],
     }
     if config.model.name_or_path:
@@ -62,9 +65,3 @@ def render_model_card(config: Config, metrics: dict[str, float]) -> str:
 
 def _fmt(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
-
-
-def write_model_card(output_dir: str | Path, config: Config, metrics: dict[str, float]) -> Path:
-    path = Path(output_dir) / "README.md"
-    path.write_text(render_model_card(config, metrics))
-    return path

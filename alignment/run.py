@@ -5,6 +5,7 @@ learns from completions sampled and judged during training, on the data's prompt
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -18,7 +19,7 @@ from alignment.data import build_datasets
 from alignment.data.prompts import build_prompt_datasets
 from alignment.judges import build_judge
 from alignment.losses import build_loss
-from alignment.model_card import write_model_card
+from alignment.model_card import render_model_card
 from alignment.models import load_policy, load_reference, load_tokenizer
 from alignment.reference import reference_identity
 from alignment.trainers import PreferenceTrainer
@@ -128,6 +129,7 @@ def train(config: Config) -> dict[str, float]:
         processing_class=tokenizer,
         train_dataset=data.train,
         eval_dataset=data.test,
+        model_card=functools.partial(render_model_card, config),
     )
     if config.online is None:
         trainer = PreferenceTrainer(**common)
@@ -155,7 +157,9 @@ def train(config: Config) -> dict[str, float]:
             f"stopped by SIGTERM at step {preemption.preempted_at}; checkpoint-{preemption.preempted_at} is saved in "
             f"{training_args.output_dir}. Rerun with --training.resume_from_checkpoint=latest to continue"
         )
-    trainer.save_model(training_args.output_dir)
+    # An internal save: with push_to_hub, transformers would otherwise upload here,
+    # before the evaluation and the model card; the push below uploads them together.
+    trainer.save_model(training_args.output_dir, _internal_call=True)
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
 
@@ -166,6 +170,10 @@ def train(config: Config) -> dict[str, float]:
         trainer.save_metrics("eval", eval_metrics)  # writes <output_dir>/eval_results.json
         metrics.update(eval_metrics)
     trainer.save_state()  # after the final evaluation, so the log history (and `alignment plot`) has it
-    if training_args.should_save:
-        write_model_card(training_args.output_dir, config, metrics)
+    trainer.final_metrics = metrics
+    if training_args.push_to_hub:
+        # Saves the model, writes the card and uploads the output directory, as in transformers.
+        trainer.push_to_hub(commit_message="End of training")
+    else:
+        trainer.create_model_card()
     return metrics

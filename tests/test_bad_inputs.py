@@ -48,6 +48,16 @@ CONFIG_CASES = [
     ("dpo", ["--model.config=./nope"], "model.config: path './nope' does not exist"),
     ("dpo", ["--loss.name=nash_md"], "add an `online:` section"),
     ("nash_md", ["--online.mixture_coef=2"], "online.mixture_coef must be in [0, 1]"),
+    (
+        "dpo",
+        ["--training.save_strategy=sometimes"],
+        "training.save_strategy: 'sometimes' is not allowed; allowed values: no, steps, epoch, best",
+    ),
+    (
+        "dpo",
+        ["--training.optim=adamw_fast"],
+        "training.optim: 'adamw_fast' is not allowed; allowed values: adamw_torch",
+    ),
 ]
 
 
@@ -72,7 +82,7 @@ DATA_CASES = [
         "missing-column",
         [PAIR, {"prompt": "1+2=", "chosen": "3"}],
         BadRowError,
-        "bad row 1 in {path}: column 'rejected' is None [missing_column]",
+        "bad row 1 in {path}: column 'rejected' is missing [missing_column]",
     ),
     (
         "wrong-type",
@@ -141,6 +151,18 @@ DATA_CASES = [
         BadRowError,
         "line 2 is not UTF-8 (byte 12: b'\\xff') [not_utf8]",
     ),
+    (
+        "duplicate-completions",
+        [PAIR, {**PAIR, "rejected": PAIR["chosen"]}],
+        BadRowError,
+        "bad row 1 in {path}: column 'rejected' is identical to column 'chosen'",
+    ),
+    (
+        "line-not-an-object",
+        b'{"prompt": "1+1=", "chosen": "2", "rejected": "3"}\n["1+2=", "3", "4"]\n',
+        BadRowError,
+        "bad row 1 in {path}: line 2 is a JSON list, not an object (one row) [wrong_type]",
+    ),
     ("empty-file", b"", DataError, "data source {path}: the file is empty"),
     ("blank-file", b"\n\n", DataError, "the file is empty"),
 ]
@@ -183,6 +205,82 @@ def test_skip_counts_every_reason_and_keeps_the_rest(tmp_path):
     assert data.report.skipped == {"empty_completion": 1, "missing_column": 1, "prompt_fills_max_length": 1}
 
 
+def test_skip_counts_unreadable_lines_and_keeps_the_rest(tmp_path):
+    """Under `skip`, lines that are not JSON, not UTF-8 or not an object are bad rows like
+    any other: counted by reason, and the readable rows are kept in file order."""
+    good = [json.dumps({"prompt": f"1+{i}=", "chosen": str(1 + i), "rejected": "0"}).encode() for i in range(4)]
+    lines = [
+        good[0],
+        b'{"prompt": "1+1=", "chosen":',
+        good[1],
+        b'{"prompt": "\xff1+1=", "chosen": "2", "rejected": "3"}',
+    ]
+    lines += [b"", b"[1, 2]", good[2], json.dumps({**PAIR, "rejected": PAIR["chosen"]}).encode(), good[3]]
+    path = _raw(tmp_path / "mixed.jsonl", b"\n".join(lines) + b"\n")
+    cfg = DataConfig(train=[SourceConfig(path=str(path))], bad_rows="skip", max_length=32, max_prompt_length=None)
+    data = build_datasets(cfg, tiny_tokenizer())
+    assert data.report.skipped == {"duplicate_completion": 1, "malformed_json": 1, "not_utf8": 1, "wrong_type": 1}
+    (source,) = data.report.sources
+    assert (source.rows_loaded, source.rows_used) == (8, 4)  # the blank line is not a row
+    tokenizer = tiny_tokenizer()
+    prompts = sorted(tokenizer.decode(ids) for ids in data.train["prompt_input_ids"])
+    assert [p[-4:] for p in prompts] == ["1+0=", "1+1=", "1+2=", "1+3="]
+
+
+def test_every_line_unreadable_is_an_error_or_no_usable_rows(tmp_path):
+    path = _raw(tmp_path / "broken.jsonl", b"{oops\n[1]\n")
+    with pytest.raises(BadRowError, match="bad row 0 in .*broken.jsonl: line 1 is not valid JSON"):
+        build_datasets(DataConfig(train=[SourceConfig(path=str(path))]), tiny_tokenizer())
+    with pytest.raises(DataError, match="data.train: no usable rows left"):
+        build_datasets(DataConfig(train=[SourceConfig(path=str(path))], bad_rows="skip"), tiny_tokenizer())
+
+
+def test_values_reach_the_adapter_as_written(tmp_path):
+    """`datasets`' JSON loader infers one type per column: a `"2"` next to a `7` became
+    the int 2, and the correct row was reported. Rows are now read as written, so the
+    row with the number is the bad one, and a column may mix strings and messages."""
+    chat = [{"role": "user", "content": "1+2="}]
+    rows = [
+        {"prompt": "1+1=", "chosen": "2", "rejected": "3"},
+        {"prompt": "1+6=", "chosen": 7, "rejected": "8"},
+        {"prompt": chat, "chosen": [{"role": "assistant", "content": "3"}], "rejected": "4"},
+    ]
+    path = write_jsonl(tmp_path / "mixed_types.jsonl", rows)
+    with pytest.raises(
+        BadRowError, match=r"bad row 1 .*column 'chosen' should be a string or a list of messages, got int 7"
+    ):
+        build_datasets(DataConfig(train=[SourceConfig(path=str(path))]), tiny_tokenizer())
+    data = build_datasets(DataConfig(train=[SourceConfig(path=str(path))], bad_rows="skip"), tiny_tokenizer())
+    assert data.report.skipped == {"wrong_type": 1} and len(data.train) == 2
+    completions = {tiny_tokenizer().decode(c[0]).replace("<|end|>", "") for c in data.train["completion_input_ids"]}
+    assert "2" in completions  # the string "2", kept as text
+
+
+@pytest.mark.parametrize(
+    ("content", "phrase"),
+    [
+        (
+            '{"prompt": "1+1=", "chosen": "2", "rejected": "3"}',
+            "holds one JSON object; a .json source should hold a list",
+        ),
+        ('[{"prompt": "1+1=",', "not valid JSON: Expecting"),
+        ('"rows"', "holds a JSON str, not a list of rows"),
+    ],
+    ids=["object", "truncated", "string"],
+)
+def test_json_document_errors(content, phrase, tmp_path):
+    path = tmp_path / "data.json"
+    path.write_text(content)
+    with pytest.raises(DataError, match=phrase):
+        build_datasets(DataConfig(train=[SourceConfig(path=str(path))]), tiny_tokenizer())
+
+
+def test_json_lines_under_a_json_name(tmp_path):
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(PAIR) + "\n" + json.dumps({**PAIR, "prompt": "1+2="}) + "\n")
+    assert len(build_datasets(DataConfig(train=[SourceConfig(path=str(path))]), tiny_tokenizer()).train) == 2
+
+
 @pytest.mark.parametrize(
     ("overrides", "phrase"),
     [
@@ -192,11 +290,19 @@ def test_skip_counts_every_reason_and_keeps_the_rest(tmp_path):
         ),
         (["--data.train=[{empty}]", "--data.test=[]"], "alignment: data error: data source {empty}: the file is empty"),
         (["--loss.beta=0"], "alignment: config error: loss: dpo: beta must satisfy beta > 0, got 0"),
+        (
+            [
+                "--training.load_best_model_at_end=true",
+                "--training.save_strategy=epoch",
+                "--training.eval_strategy=steps",
+            ],
+            "alignment: config error: training: --load_best_model_at_end requires the save and eval strategy to match",
+        ),
     ],
-    ids=["malformed-json", "empty-file", "bad-parameter"],
+    ids=["malformed-json", "empty-file", "bad-parameter", "training-arguments-conflict"],
 )
 def test_cli_errors_are_one_line_and_leave_nothing_behind(overrides, phrase, tmp_path):
-    bad = _raw(tmp_path / "bad.jsonl", DATA_CASES[11][1])
+    bad = _raw(tmp_path / "bad.jsonl", dict((c[0], c[1]) for c in DATA_CASES)["malformed-json"])
     empty = _raw(tmp_path / "empty.jsonl", b"")
     out = tmp_path / "out"
     proc = train("dpo", out, *[o.format(bad=bad, empty=empty) for o in overrides], check=False)
@@ -204,3 +310,15 @@ def test_cli_errors_are_one_line_and_leave_nothing_behind(overrides, phrase, tmp
     assert phrase.format(bad=bad, empty=empty) in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not out.exists()  # the output directory is created only once everything has loaded
+
+
+def test_online_prompts_skip_unreadable_lines(tmp_path):
+    """Prompt files for online training go through the same reader and policy."""
+    from alignment.data.prompts import build_prompt_datasets
+
+    path = _raw(tmp_path / "prompts.jsonl", b'{"prompt": "1+1="}\n{"prompt": \n{"prompt": "2+2="}\n{"prompt": ""}\n')
+    with pytest.raises(BadRowError, match=r"bad row 1 in .*prompts.jsonl: line 2 is not valid JSON"):
+        build_prompt_datasets(DataConfig(train=[SourceConfig(path=str(path))]), tiny_tokenizer())
+    data = build_prompt_datasets(DataConfig(train=[SourceConfig(path=str(path))], bad_rows="skip"), tiny_tokenizer())
+    assert data.report.skipped == {"empty_prompt": 1, "malformed_json": 1}
+    assert sorted(json.loads(p) for p in data.train["prompt"]) == ["1+1=", "2+2="]

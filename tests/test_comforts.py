@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,7 @@ def test_plot_of_a_directory_without_a_run_fails_clearly(tmp_path):
 def test_model_card(tiny_run):
     card = (tiny_run / "README.md").read_text()
     results = json.loads((tiny_run / "eval_results.json").read_text())
-    assert card.startswith("---\nlibrary_name: alignment\n")
+    assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: text-generation\n")
     assert "built from recipes/tiny/model (random weights, init_seed 0)" in card
     assert "| loss | 1 x `dpo` {'beta': 0.1} |" in card
     assert "| training data | recipes/tiny/data/pairs_train.jsonl |" in card
@@ -91,3 +92,81 @@ def test_validate_config_errors_exit_2():
 def test_histogram_and_ties():
     assert histogram([1, 1, 2, 9], bins=2, width=4) == ["  [    1,     5]       3 ####", "  [    6,     9]       1 #"]
     assert tied_pairs([[1.0, 1.0, 0.0], [2.0, 1.0]]) == (1, 4)
+
+
+FAKE_HUB = '''
+"""Stands in for the Hub in a subprocess: records create_repo and upload_folder calls."""
+import json, os
+from concurrent.futures import Future
+from pathlib import Path
+from types import SimpleNamespace
+
+import huggingface_hub
+
+LOG = Path(os.environ["FAKE_HUB_LOG"])
+
+
+def _record(entry):
+    calls = json.loads(LOG.read_text()) if LOG.exists() else []
+    LOG.write_text(json.dumps(calls + [entry]))
+
+
+def create_repo(self, repo_id, token=None, private=None, exist_ok=False, **kwargs):
+    _record({"call": "create_repo", "repo_id": repo_id})
+    return SimpleNamespace(repo_id=repo_id)
+
+
+def upload_folder(self, repo_id, folder_path, commit_message=None, run_as_future=False, **kwargs):
+    folder = Path(folder_path)
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    readme = (folder / "README.md").read_text() if (folder / "README.md").exists() else None
+    _record({"call": "upload_folder", "repo_id": repo_id, "commit_message": commit_message, "files": files,
+             "ignore_patterns": kwargs.get("ignore_patterns"), "readme": readme})
+    if run_as_future:
+        future = Future()
+        future.set_result(None)
+        return future
+    return SimpleNamespace(commit_url="https://example.invalid/commit")
+
+
+huggingface_hub.HfApi.create_repo = create_repo
+huggingface_hub.HfApi.upload_folder = upload_folder
+'''
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_push_to_hub_uploads_the_run_with_our_model_card(lora, tmp_path):
+    """`training.push_to_hub` works as in transformers (the repo is created when the
+    trainer starts, the output directory is uploaded at the end), and the card uploaded
+    is ours, not transformers' generic one. The Hub is replaced by a recorder."""
+    boot = tmp_path / "boot"
+    boot.mkdir()
+    (boot / "sitecustomize.py").write_text(FAKE_HUB)
+    log = tmp_path / "hub.json"
+    out = tmp_path / "run"
+    extra = ["--lora.r=4", "--lora.target_modules=all-linear"] if lora else []
+    train(
+        "dpo",
+        out,
+        "--training.max_steps=6",
+        "--training.save_strategy=no",
+        "--training.push_to_hub=true",
+        "--training.hub_model_id=me/tiny-dpo",
+        *extra,
+        env={"PYTHONPATH": f"{boot}{os.pathsep}{ROOT}", "FAKE_HUB_LOG": str(log)},
+    )
+    calls = json.loads(log.read_text())
+    assert [c["call"] for c in calls] == ["create_repo", "upload_folder"]  # one push, at the end
+    push = calls[1]
+    assert push["repo_id"] == "me/tiny-dpo" and push["commit_message"] == "End of training"
+    weights = "adapter_model.safetensors" if lora else "model.safetensors"
+    assert {weights, "README.md", "alignment_config.yaml", "eval_results.json", "tokenizer.json"} <= set(push["files"])
+    # Weights as safetensors only (transformers' training_args.bin is its arguments, not weights).
+    assert not any(f.endswith("model.bin") for f in push["files"])
+    card = push["readme"]
+    assert card == (out / "README.md").read_text()
+    assert card.startswith(f"---\nlibrary_name: {'peft' if lora else 'transformers'}\n")
+    assert "| loss | 1 x `dpo` {'beta': 0.1} |" in card
+    results = json.loads((out / "eval_results.json").read_text())
+    assert f"| eval_reward_accuracy | {results['eval_reward_accuracy']:.6g} |" in card
+    assert ("| LoRA | r=4" in card) == lora

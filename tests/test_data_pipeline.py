@@ -320,6 +320,17 @@ def test_second_build_reuses_the_cache(tmp_path, hf_cache, tok):
     assert third.train._fingerprint != first.train._fingerprint
 
 
+def test_an_edited_file_is_read_again(tmp_path, hf_cache, tok):
+    """JSON rows are cached under a hash of the file's bytes, so an edit is never
+    answered from a stale cache, and the same bytes are read only once."""
+    path = write_jsonl(tmp_path / "p.jsonl", pairwise_rows(6))
+    first = build_datasets(config(SourceConfig(path)), tok)
+    assert build_datasets(config(SourceConfig(path)), tok).train._fingerprint == first.train._fingerprint
+    write_jsonl(tmp_path / "p.jsonl", pairwise_rows(5))
+    edited = build_datasets(config(SourceConfig(path)), tok)
+    assert len(edited.train) == 5 and edited.train._fingerprint != first.train._fingerprint
+
+
 def test_edited_pipeline_code_invalidates_the_cache(tmp_path, tok, monkeypatch):
     # datasets fingerprints module-level functions by name only; the source hash salts it.
     path = write_jsonl(tmp_path / "p.jsonl", pairwise_rows(4))

@@ -131,6 +131,7 @@ def test_pairwise_adapter_gives_an_example_or_a_named_bad_row(prompt, chosen, re
         return
     assert len(example.completions) == len(example.scores) == 2
     assert all(math.isfinite(s) for s in example.scores) and example.scores[0] != example.scores[1]
+    assert example.completions[0] != example.completions[1]
 
 
 @FIXED
@@ -147,3 +148,4 @@ def test_ranked_adapter_gives_an_example_or_a_named_bad_row(completions, scores)
         return
     assert len(example.completions) == len(example.scores) >= 2
     assert all(math.isfinite(s) for s in example.scores) and len(set(example.scores)) > 1
+    assert len({repr(c) for c in example.completions}) == len(example.completions)

@@ -40,6 +40,7 @@ NONFINITE_SCORE = "nonfinite_score"
 SCORE_LENGTH_MISMATCH = "score_length_mismatch"
 MISSING_SCORE = "missing_score"
 ALL_TIED = "all_tied"
+DUPLICATE_COMPLETION = "duplicate_completion"
 
 
 class _RowProblem(Exception):
@@ -73,7 +74,10 @@ def adapt_row(
     row: Mapping[str, Any], layout: str, source: str, index: int, require_order: bool = True
 ) -> PreferenceExample:
     """Turn one row of `layout` into a PreferenceExample, or raise BadRowError naming
-    the row (`index` within `source`), the column and a reason key."""
+    the row (`index` within `source`), the column and a reason key.
+
+    `require_order`: the row must teach an order -- its scores are not all tied and no
+    two of its completions are identical. Off when only the prompt is wanted."""
     try:
         if layout == "pairwise":
             example, names = _pairwise(row)
@@ -264,7 +268,21 @@ def _check(example: PreferenceExample, names: list[str], require_order: bool) ->
     for name, completion in zip(names, example.completions, strict=True):
         if _is_empty(completion):
             raise _RowProblem(EMPTY_COMPLETION, f"column '{name}' is empty")
-    if require_order and len(set(example.scores)) == 1:
+    if not require_order:
+        return
+    # Two identical completions have identical log-ratios, so a pair of them carries no
+    # signal whatever their scores: equal scores are a tie, unequal ones contradict.
+    seen: dict[str, int] = {}
+    for i, completion in enumerate(example.completions):
+        key = completion if isinstance(completion, str) else repr(completion)
+        if key in seen:
+            raise _RowProblem(
+                DUPLICATE_COMPLETION,
+                f"column '{names[i]}' is identical to column '{names[seen[key]]}': a pair of equal completions "
+                "carries no preference",
+            )
+        seen[key] = i
+    if len(set(example.scores)) == 1:
         raise _RowProblem(
             ALL_TIED, f"all {k} scores are equal ({example.scores[0]}): no preference order (the loss needs one)"
         )

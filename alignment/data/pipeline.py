@@ -21,9 +21,10 @@ import pyarrow.compute as pc
 from alignment.config import DataConfig, SourceConfig
 from alignment.data import adapters as adapters_module
 from alignment.data import example as example_module
+from alignment.data import sources as sources_module
 from alignment.data.adapters import adapt_row, detect_layout
 from alignment.data.example import BadRowError, DataError
-from alignment.data.sources import load_source, mix, source_label, take_fraction
+from alignment.data.sources import RawSource, load_source, mix, row_dicts, source_label, take_fraction
 from alignment.data.tokenize import STATS_COLUMNS, resolve_chat_template, tokenize_dataset
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ BOOKKEEPING_COLUMNS = ["_index", "_bad_reason", "_bad_detail"]
 # `datasets` fingerprints a module-level function by its name only; salting the map with
 # the adapters' source makes edited adapters recompute instead of reusing a stale cache.
 ADAPT_CODE_VERSION = hashlib.sha256(
-    b"".join(Path(module.__file__).read_bytes() for module in (adapters_module, example_module))
+    b"".join(Path(module.__file__).read_bytes() for module in (adapters_module, example_module, sources_module))
     + Path(__file__).read_bytes()
 ).hexdigest()[:16]
 
@@ -191,10 +192,7 @@ def _prepare_source(
 ) -> tuple[datasets.Dataset, SourceReport]:
     label = source_label(src)
     raw = load_source(src)
-    try:
-        layout = detect_layout(raw.column_names) if src.layout == "auto" else src.layout
-    except ValueError as err:
-        raise DataError(f"data source {label}: {err}") from None
+    layout = source_layout(raw, src, label, cfg.bad_rows)
     if layout == "prompt":
         raise DataError(
             f"data source {label}: it holds prompts only (no chosen/rejected or completions); prompt-only data is "
@@ -202,7 +200,7 @@ def _prepare_source(
         )
     report = SourceReport(source=label, split=split, layout=layout, rows_loaded=len(raw))
 
-    adapted = _adapt_dataset(raw, layout, label, require_order, cfg.num_proc)
+    adapted = _adapt_dataset(raw.rows, layout, label, require_order, cfg.num_proc)
     adapted = _apply_policy(adapted, cfg.bad_rows, label, report, cfg.num_proc)
     # The fraction is taken of the good rows, so it is the share of usable data.
     adapted = take_fraction(adapted, src.fraction, cfg.seed)
@@ -223,6 +221,23 @@ def _prepare_source(
     report.tokens_dropped = _sum(stats, "tokens_dropped")
     report.rows_used = len(tokenized)
     return tokenized.remove_columns(BOOKKEEPING_COLUMNS + list(STATS_COLUMNS)), report
+
+
+def source_layout(raw: RawSource, src: SourceConfig, label: str, policy: str) -> str:
+    """The recipe's layout for the source, or the one its columns show. A file none of
+    whose rows could be read has no columns: its first bad row is the error (or, under
+    `skip`, every row is counted and none is left)."""
+    if src.layout != "auto":
+        return src.layout
+    if not raw.columns and len(raw):
+        if policy == "error":
+            row, reason, detail = next(row_dicts(raw.rows[:1]))
+            raise BadRowError(label, 0, reason, detail)
+        return "unknown"
+    try:
+        return detect_layout(raw.columns)
+    except ValueError as err:
+        raise DataError(f"data source {label}: {err}") from None
 
 
 def _adapt_dataset(
@@ -252,10 +267,10 @@ def _adapt_batch(
     batch: dict[str, list[Any]], indices: list[int], *, layout: str, source: str, require_order: bool, code_version: str
 ) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {name: [] for name in ADAPTED_FEATURES}
-    columns = list(batch)
-    for position, index in enumerate(indices):
-        row = {column: batch[column][position] for column in columns}
+    for (row, reason, detail), index in zip(row_dicts(batch), indices, strict=True):
         try:
+            if row is None:  # the reader found the row bad (a malformed JSON line)
+                raise BadRowError(source, index, reason, detail)
             adapted = adapt_row(row, layout, source, index, require_order)
         except BadRowError as err:
             out["example"].append("")

@@ -17,8 +17,9 @@ import datasets
 
 from alignment.config import DataConfig, SourceConfig
 from alignment.data import adapters as adapters_module
+from alignment.data import sources as sources_module
 from alignment.data import tokenize as tokenize_module
-from alignment.data.adapters import adapt_prompt, detect_layout
+from alignment.data.adapters import adapt_prompt
 from alignment.data.example import BadRowError, DataError
 from alignment.data.pipeline import (
     BOOKKEEPING_COLUMNS,
@@ -28,8 +29,9 @@ from alignment.data.pipeline import (
     _apply_policy,
     _empty,
     logger,
+    source_layout,
 )
-from alignment.data.sources import load_source, mix, source_label, take_fraction
+from alignment.data.sources import load_source, mix, row_dicts, source_label, take_fraction
 from alignment.data.tokenize import prompt_token_ids, resolve_chat_template
 
 PROMPT_FEATURES = datasets.Features(
@@ -46,7 +48,8 @@ PROMPT_FEATURES = datasets.Features(
 
 # Salts the map's cache fingerprint, which `datasets` takes from the function's name only.
 CODE_VERSION = hashlib.sha256(
-    b"".join(Path(m.__file__).read_bytes() for m in (adapters_module, tokenize_module)) + Path(__file__).read_bytes()
+    b"".join(Path(m.__file__).read_bytes() for m in (adapters_module, sources_module, tokenize_module))
+    + Path(__file__).read_bytes()
 ).hexdigest()[:16]
 
 
@@ -85,16 +88,13 @@ def _prepare_source(
 ) -> datasets.Dataset:
     label = source_label(src)
     raw = load_source(src)
-    try:
-        layout = detect_layout(raw.column_names) if src.layout == "auto" else src.layout
-    except ValueError as err:
-        raise DataError(f"data source {label}: {err}") from None
+    layout = source_layout(raw, src, label, cfg.bad_rows)
     report = SourceReport(source=label, split=split, layout=layout, rows_loaded=len(raw))
     reports.append(report)
     if len(raw) == 0:
         prompts = _empty(PROMPT_FEATURES)
     else:
-        prompts = raw.map(
+        prompts = raw.rows.map(
             _prompt_batch,
             batched=True,
             with_indices=True,
@@ -106,7 +106,7 @@ def _prepare_source(
                 "max_prompt_length": cfg.max_prompt_length,
                 "code_version": CODE_VERSION,
             },
-            remove_columns=raw.column_names,
+            remove_columns=raw.rows.column_names,
             features=PROMPT_FEATURES,
             num_proc=cfg.num_proc,
             desc=f"Reading prompts of {label}",
@@ -131,11 +131,11 @@ def _prompt_batch(
     code_version: str,
 ) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {name: [] for name in PROMPT_FEATURES}
-    columns = list(batch)
-    for position, index in enumerate(indices):
-        row = {column: batch[column][position] for column in columns}
+    for (row, reason, detail), index in zip(row_dicts(batch), indices, strict=True):
         fields: dict[str, Any] = {"prompt": "", "prompt_input_ids": [], "prompt_truncated": False, "tokens_dropped": 0}
         try:
+            if row is None:  # the reader found the row bad (a malformed JSON line)
+                raise BadRowError(source, index, reason, detail)
             prompt = adapt_prompt(row, layout, source, index)
             ids = prompt_token_ids(prompt, tokenizer, chat_template)
         except BadRowError as err:

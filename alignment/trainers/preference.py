@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -42,6 +42,7 @@ class PreferenceTrainer(Trainer):
         reference: str | None = None,
         processing_class=None,
         data_collator=None,
+        model_card: Callable[[Mapping[str, float]], str] | None = None,
         **kwargs: Any,
     ) -> None:
         reference = reference or ("model" if ref_model is not None else "none")
@@ -66,6 +67,19 @@ class PreferenceTrainer(Trainer):
         self.ref_model = None if ref_model is None else prepare_frozen_model(ref_model, self.accelerator)
         self._metrics = {"train": MetricAccumulator(), "eval": MetricAccumulator()}
         self.nonfinite_skipped = 0
+        self.model_card = model_card
+        self.final_metrics: dict[str, float] = {}  # what the model card reports
+
+    def create_model_card(self, **kwargs: Any) -> None:
+        """Our card (`alignment.model_card`: base model, data, loss, final metrics), which
+        `push_to_hub` uploads, instead of transformers' generic one; without a card
+        renderer, transformers' own."""
+        if self.model_card is None:
+            super().create_model_card(**kwargs)
+            return
+        if self.is_world_process_zero():
+            with open(os.path.join(self.args.output_dir, "README.md"), "w", encoding="utf-8") as f:
+                f.write(self.model_card(self.final_metrics))
 
     @contextlib.contextmanager
     def _adapters_disabled(self, model: nn.Module):
