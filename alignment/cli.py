@@ -57,6 +57,7 @@ def train_main(argv: list[str]) -> int:
     from alignment.run import train
     from alignment.trainers.checkpoints import CheckpointError
     from alignment.trainers.faults import PREEMPTED_EXIT_CODE, NonFiniteLossError, Preempted
+    from alignment.trainers.memory import OutOfMemory
 
     try:
         train(config)
@@ -79,6 +80,9 @@ def train_main(argv: list[str]) -> int:
         return 2
     except NonFiniteLossError as err:
         print(f"\nalignment: training stopped: {err}", file=sys.stderr)
+        return 1
+    except OutOfMemory as err:
+        print(f"\nalignment: {err}", file=sys.stderr)
         return 1
     except Preempted as err:
         print(f"\nalignment: {err}", file=sys.stderr)

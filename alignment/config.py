@@ -253,11 +253,13 @@ def _validate_training(raw: Any) -> dict[str, Any]:
         raise ConfigError("training.output_dir is required")
     raw = {key: _training_choice(key, value) for key, value in raw.items()}
     from alignment.logprobs import FORWARD_CHOICES
+    from alignment.trainers.arguments import OWN_CHOICES
 
-    if raw.get("forward", "auto") not in FORWARD_CHOICES:
-        raise ConfigError(
-            f"training.forward: {raw['forward']!r} is not allowed; allowed values: {', '.join(FORWARD_CHOICES)}"
-        )
+    if isinstance(raw.get("memory_probe"), bool):  # YAML 1.1 reads a bare on/off as true/false
+        raw["memory_probe"] = "on" if raw["memory_probe"] else "off"
+    for key, choices in {"forward": FORWARD_CHOICES, **OWN_CHOICES}.items():
+        if key in raw and raw[key] not in choices:
+            raise ConfigError(f"training.{key}: {raw[key]!r} is not allowed; allowed values: {', '.join(choices)}")
     return dict(raw)
 
 

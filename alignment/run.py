@@ -11,6 +11,7 @@ import os
 import sys
 
 import datasets
+import torch
 import transformers
 from transformers import set_seed
 
@@ -25,6 +26,7 @@ from alignment.reference import reference_identity
 from alignment.trainers import PreferenceTrainer
 from alignment.trainers.checkpoints import resolve_resume
 from alignment.trainers.faults import Preempted, PreemptionCallback
+from alignment.trainers.memory import OutOfMemory, out_of_memory_advice, probe_enabled, probe_longest_batch
 from alignment.trainers.online import OnlineTrainer
 
 logger = logging.getLogger("alignment")
@@ -148,8 +150,15 @@ def train(config: Config) -> dict[str, float]:
     if reference.type == "precompute":
         identity = reference_identity(config.model, reference, config.quantization)
         trainer.precompute_reference(identity, reference.precompute_batch_size)
+    where = "in the memory probe (one forward and backward of the longest lists, before step 1)"
     try:
+        if probe_enabled(training_args.memory_probe, trainer):
+            probe_longest_batch(trainer)
+        where = "in training"
         result = trainer.train(resume_from_checkpoint=resume)
+    except torch.OutOfMemoryError as err:
+        where = f"at step {trainer.state.global_step + 1}" if where == "in training" else where
+        raise OutOfMemory(out_of_memory_advice(config, training_args, where, err)) from None
     finally:
         preemption.restore()
     if preemption.preempted_at is not None:
@@ -165,7 +174,11 @@ def train(config: Config) -> dict[str, float]:
 
     metrics = dict(result.metrics)
     if data.test is not None:
-        eval_metrics = trainer.evaluate()
+        try:
+            eval_metrics = trainer.evaluate()
+        except torch.OutOfMemoryError as err:
+            where = f"in the final evaluation (training.per_device_eval_batch_size {training_args.per_device_eval_batch_size})"
+            raise OutOfMemory(out_of_memory_advice(config, training_args, where, err)) from None
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)  # writes <output_dir>/eval_results.json
         metrics.update(eval_metrics)

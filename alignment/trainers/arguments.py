@@ -15,15 +15,21 @@ def _has_accelerator() -> bool:
     return torch.cuda.is_available() or bool(xpu and xpu.is_available()) or torch.backends.mps.is_available()
 
 
+OWN_CHOICES = {"nonfinite_loss": ("stop", "skip"), "memory_probe": ("auto", "on", "off")}
+
+
 @dataclass
 class AlignmentTrainingArguments(TrainingArguments):
-    """`transformers.TrainingArguments`, unchanged names, plus three of our own:
+    """`transformers.TrainingArguments`, unchanged names, plus four of our own:
 
     - `forward`: how per-completion log-probs are computed (`alignment.logprobs`):
       `auto` (the fastest valid strategy), `baseline`, `packed` or `shared_prompt`;
     - `logprob_chunk_size`: tokens per LM-head chunk for `packed` and `shared_prompt`
       (0: one chunk);
-    - `nonfinite_loss`: `stop` (default) or `skip` a step whose loss is NaN or inf.
+    - `nonfinite_loss`: `stop` (default) or `skip` a step whose loss is NaN or inf;
+    - `memory_probe`: one forward and backward of the batch of the longest lists before
+      step 1, so that a run that cannot fit them fails at once (`alignment.trainers.memory`):
+      `auto` (on a GPU, offline, outside DeepSpeed), `on` or `off`.
 
     Three defaults differ:
 
@@ -38,14 +44,20 @@ class AlignmentTrainingArguments(TrainingArguments):
     forward: str = field(default="auto", metadata={"help": "auto | baseline | packed | shared_prompt"})
     logprob_chunk_size: int = field(default=1024, metadata={"help": "tokens per LM-head chunk (0: one chunk)"})
     nonfinite_loss: str = field(default="stop", metadata={"help": "on a NaN/inf loss: stop | skip (the step)"})
+    memory_probe: str = field(
+        default="auto", metadata={"help": "forward+backward of the longest batch before step 1: auto | on | off"}
+    )
 
     def __post_init__(self) -> None:
         from alignment.logprobs import FORWARD_CHOICES
 
         if self.forward not in FORWARD_CHOICES:
             raise ValueError(f"training.forward: {self.forward!r} is not one of {', '.join(FORWARD_CHOICES)}")
-        if self.nonfinite_loss not in ("stop", "skip"):
-            raise ValueError(f"training.nonfinite_loss: {self.nonfinite_loss!r} is not one of stop, skip")
+        if isinstance(self.memory_probe, bool):  # YAML 1.1 reads a bare on/off as true/false
+            self.memory_probe = "on" if self.memory_probe else "off"
+        for name, choices in OWN_CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"training.{name}: {getattr(self, name)!r} is not one of {', '.join(choices)}")
         if self.logprob_chunk_size < 0:
             raise ValueError(f"training.logprob_chunk_size must be >= 0, got {self.logprob_chunk_size}")
         self.remove_unused_columns = False
