@@ -62,10 +62,27 @@ CONFIG_CASES = [
 
 
 @pytest.mark.parametrize(("recipe", "overrides", "phrase"), CONFIG_CASES, ids=[c[1][0] for c in CONFIG_CASES])
-def test_config_case(recipe, overrides, phrase):
+def test_config_case(recipe, overrides, phrase, tmp_path, capsys):
     with pytest.raises(ConfigError) as info:
         load_config(RECIPES / f"{recipe}.yaml", overrides)
+    assert type(info.value) is ConfigError
     assert phrase in str(info.value)
+    _cli_stops_cleanly(recipe, overrides, "alignment: config error: ", phrase, tmp_path, capsys)
+
+
+def _cli_stops_cleanly(recipe: str, overrides: list[str], prefix: str, phrase: str, tmp_path: Path, capsys) -> None:
+    """The same case through `alignment train` (in this process): exit status 2, the
+    message as one `alignment: ...` line, and no output directory at all."""
+    from alignment.cli import train_main
+
+    out = tmp_path / "out"
+    capsys.readouterr()
+    status = train_main(["--config", str(RECIPES / f"{recipe}.yaml"), f"--training.output_dir={out}", *overrides])
+    err = capsys.readouterr().err
+    message = [line for line in err.replace("\r", "\n").splitlines() if line.startswith(prefix)]
+    assert status == 2 and len(message) == 1 and phrase in err, err
+    assert "Traceback" not in err
+    assert not out.exists()
 
 
 PAIR = {"prompt": "1+1=", "chosen": "2", "rejected": "3"}
@@ -169,7 +186,7 @@ DATA_CASES = [
 
 
 @pytest.mark.parametrize(("name", "rows", "error", "phrase"), DATA_CASES, ids=[c[0] for c in DATA_CASES])
-def test_data_case(name, rows, error, phrase, tmp_path):
+def test_data_case(name, rows, error, phrase, tmp_path, capsys):
     path = tmp_path / "data.jsonl"
     if isinstance(rows, bytes):
         _raw(path, rows)
@@ -181,6 +198,8 @@ def test_data_case(name, rows, error, phrase, tmp_path):
         build_datasets(cfg, tiny_tokenizer())
     assert type(info.value) is error
     assert phrase.format(path=path) in str(info.value)
+    data = [f"--data.train=[{path}]", "--data.test=[]", "--data.max_length=32", "--data.max_prompt_length=null"]
+    _cli_stops_cleanly("dpo", data, "alignment: data error: ", phrase.format(path=path), tmp_path, capsys)
 
 
 def test_chat_data_without_a_chat_template(tmp_path):
@@ -192,7 +211,7 @@ def test_chat_data_without_a_chat_template(tmp_path):
         "rejected": chat + [{"role": "assistant", "content": "3"}],
     }
     path = write_jsonl(tmp_path / "chat.jsonl", [row])
-    with pytest.raises(ValueError, match="has no chat template; set `data.chat_template`"):
+    with pytest.raises(DataError, match="has no chat template; set `data.chat_template`"):
         build_datasets(DataConfig(train=[SourceConfig(path=str(path))]), tokenizer)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import datasets
 
-from alignment.data.example import BadRowError, PreferenceExample
+from alignment.data.example import BadRowError, DataError, PreferenceExample
 
 PROMPT_FILLS_MAX_LENGTH = "prompt_fills_max_length"
 
@@ -66,7 +66,7 @@ def tokenize_example(
     Returns `prompt_input_ids`, `completion_input_ids` (one list per completion),
     `scores`, `prompt_truncated`, `completions_truncated` and `tokens_dropped`.
     Raises BadRowError("prompt_fills_max_length") when the prompt leaves no room for a
-    completion, and ValueError when conversational data has no chat template."""
+    completion, and DataError when conversational data has no chat template."""
     if isinstance(example, Mapping):
         example = PreferenceExample(example["prompt"], list(example["completions"]), list(example["scores"]))
     if isinstance(example.prompt, str):
@@ -118,7 +118,7 @@ def prompt_token_ids(prompt: Any, tokenizer: Any, chat_template: str | None = No
 
 def _require_chat_template(tokenizer: Any, chat_template: str | None) -> None:
     if chat_template is None and not getattr(tokenizer, "chat_template", None):
-        raise ValueError(
+        raise DataError(
             f"the data is conversational but the tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat "
             "template; set `data.chat_template` in the recipe (a Jinja template or a file holding one)"
         )
