@@ -59,34 +59,24 @@ def train_main(argv: list[str]) -> int:
     from alignment.trainers.faults import PREEMPTED_EXIT_CODE, NonFiniteLossError, Preempted
     from alignment.trainers.memory import OutOfMemory
 
+    # (error, how its one-line message starts, exit status). Errors raised once training
+    # has started begin with a new line: a progress bar may be mid-line.
+    failures = [
+        (DataError, "alignment: data error: ", 2),  # BadRowError included
+        (ConfigError, "alignment: config error: ", 2),  # a conflict with the launcher's backend
+        (CheckpointError, "alignment: checkpoint error: ", 2),
+        (JudgeError, "\nalignment: judge error: ", 2),
+        (NonFiniteLossError, "\nalignment: training stopped: ", 1),
+        (OutOfMemory, "\nalignment: ", 1),
+        (Preempted, "\nalignment: ", PREEMPTED_EXIT_CODE),
+    ]
     try:
         train(config)
-    except BadRowError as err:
-        print(
-            f"alignment: data error: {err}\n(set data.bad_rows: skip to drop such rows and count them)", file=sys.stderr
-        )
-        return 2
-    except DataError as err:
-        print(f"alignment: data error: {err}", file=sys.stderr)
-        return 2
-    except ConfigError as err:  # a conflict with the launcher's backend, found once it is known
-        print(f"alignment: config error: {err}", file=sys.stderr)
-        return 2
-    except CheckpointError as err:
-        print(f"alignment: checkpoint error: {err}", file=sys.stderr)
-        return 2
-    except JudgeError as err:
-        print(f"\nalignment: judge error: {err}", file=sys.stderr)  # a new line: a progress bar may be mid-line
-        return 2
-    except NonFiniteLossError as err:
-        print(f"\nalignment: training stopped: {err}", file=sys.stderr)
-        return 1
-    except OutOfMemory as err:
-        print(f"\nalignment: {err}", file=sys.stderr)
-        return 1
-    except Preempted as err:
-        print(f"\nalignment: {err}", file=sys.stderr)
-        return PREEMPTED_EXIT_CODE
+    except tuple(error for error, _, _ in failures) as err:
+        prefix, status = next((start, code) for error, start, code in failures if isinstance(err, error))
+        hint = "\n(set data.bad_rows: skip to drop such rows and count them)" if isinstance(err, BadRowError) else ""
+        print(f"{prefix}{err}{hint}", file=sys.stderr)
+        return status
     return 0
 
 
