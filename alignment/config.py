@@ -10,10 +10,8 @@ and what is allowed.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import logging
 import os
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -237,7 +235,7 @@ def _loss_specs(raw: Any) -> list[LossSpec]:
 
 
 def _validate_training(raw: Any) -> dict[str, Any]:
-    from alignment.trainers.arguments import AlignmentTrainingArguments
+    from alignment.trainers.arguments import AlignmentTrainingArguments, checked_choices
 
     if not isinstance(raw, dict):
         raise ConfigError(f"training: expected a mapping of TrainingArguments names, got {raw!r}")
@@ -251,41 +249,10 @@ def _validate_training(raw: Any) -> dict[str, Any]:
             )
     if "output_dir" not in raw:
         raise ConfigError("training.output_dir is required")
-    raw = {key: _training_choice(key, value) for key, value in raw.items()}
-    from alignment.logprobs import FORWARD_CHOICES
-    from alignment.trainers.arguments import OWN_CHOICES
-
-    if isinstance(raw.get("memory_probe"), bool):  # YAML 1.1 reads a bare on/off as true/false
-        raw["memory_probe"] = "on" if raw["memory_probe"] else "off"
-    for key, choices in {"forward": FORWARD_CHOICES, **OWN_CHOICES}.items():
-        if key in raw and raw[key] not in choices:
-            raise ConfigError(f"training.{key}: {raw[key]!r} is not allowed; allowed values: {', '.join(choices)}")
-    return dict(raw)
-
-
-def _enum_of(name: str) -> type[enum.Enum] | None:
-    from alignment.trainers.arguments import AlignmentTrainingArguments
-
-    spec = AlignmentTrainingArguments.__dataclass_fields__[name]
-    for member in typing.get_args(spec.type):
-        if isinstance(member, type) and issubclass(member, enum.Enum):
-            return member
-    return None
-
-
-def _training_choice(key: str, value: Any) -> Any:
-    """An enum-valued TrainingArguments key (`save_strategy`, `optim`, ...) checked now,
-    naming the allowed values, rather than by transformers once the run has started.
-    YAML 1.1 reads a bare `no` as false: for these keys it means the choice "no"."""
-    choices = _enum_of(key)
-    if choices is None:
-        return value
-    if value is False:
-        value = "no"
-    allowed = [member.value for member in choices]
-    if value not in allowed and not isinstance(value, choices):
-        raise ConfigError(f"training.{key}: {value!r} is not allowed; allowed values: {', '.join(map(str, allowed))}")
-    return value
+    try:
+        return checked_choices(raw)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None = None) -> Config:

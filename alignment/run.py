@@ -11,7 +11,6 @@ import os
 import sys
 
 import datasets
-import torch
 import transformers
 from transformers import set_seed
 
@@ -26,7 +25,7 @@ from alignment.reference import reference_identity
 from alignment.trainers import PreferenceTrainer
 from alignment.trainers.checkpoints import resolve_resume
 from alignment.trainers.faults import Preempted, PreemptionCallback
-from alignment.trainers.memory import OutOfMemory, out_of_memory_advice, probe_enabled, probe_longest_batch
+from alignment.trainers.memory import out_of_memory_reported, probe_enabled, probe_longest_batch
 from alignment.trainers.online import OnlineTrainer
 
 logger = logging.getLogger("alignment")
@@ -150,15 +149,13 @@ def train(config: Config) -> dict[str, float]:
     if reference.type == "precompute":
         identity = reference_identity(config.model, reference, config.quantization)
         trainer.precompute_reference(identity, reference.precompute_batch_size)
-    where = "in the memory probe (one forward and backward of the longest lists, before step 1)"
     try:
         if probe_enabled(training_args.memory_probe, trainer):
-            probe_longest_batch(trainer)
-        where = "in training"
-        result = trainer.train(resume_from_checkpoint=resume)
-    except torch.OutOfMemoryError as err:
-        where = f"at step {trainer.state.global_step + 1}" if where == "in training" else where
-        raise OutOfMemory(out_of_memory_advice(config, training_args, where, err)) from None
+            probing = "in the memory probe (one forward and backward of the longest lists, before step 1)"
+            with out_of_memory_reported(config, training_args, lambda: probing):
+                probe_longest_batch(trainer)
+        with out_of_memory_reported(config, training_args, lambda: f"at step {trainer.state.global_step + 1}"):
+            result = trainer.train(resume_from_checkpoint=resume)
     finally:
         preemption.restore()
     if preemption.preempted_at is not None:
@@ -174,11 +171,11 @@ def train(config: Config) -> dict[str, float]:
 
     metrics = dict(result.metrics)
     if data.test is not None:
-        try:
+        evaluating = (
+            f"in the final evaluation (training.per_device_eval_batch_size {training_args.per_device_eval_batch_size})"
+        )
+        with out_of_memory_reported(config, training_args, lambda: evaluating):
             eval_metrics = trainer.evaluate()
-        except torch.OutOfMemoryError as err:
-            where = f"in the final evaluation (training.per_device_eval_batch_size {training_args.per_device_eval_batch_size})"
-            raise OutOfMemory(out_of_memory_advice(config, training_args, where, err)) from None
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)  # writes <output_dir>/eval_results.json
         metrics.update(eval_metrics)

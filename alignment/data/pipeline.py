@@ -231,7 +231,7 @@ def source_layout(raw: RawSource, src: SourceConfig, label: str, policy: str) ->
         return src.layout
     if not raw.columns and len(raw):
         if policy == "error":
-            row, reason, detail = next(row_dicts(raw.rows[:1]))
+            _, reason, detail = next(row_dicts(raw.rows[:1]))
             raise BadRowError(label, 0, reason, detail)
         return "unknown"
     try:

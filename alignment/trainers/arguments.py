@@ -3,8 +3,12 @@ preference run needs."""
 
 from __future__ import annotations
 
+import enum
 import os
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import TrainingArguments
@@ -16,6 +20,44 @@ def _has_accelerator() -> bool:
 
 
 OWN_CHOICES = {"nonfinite_loss": ("stop", "skip"), "memory_probe": ("auto", "on", "off")}
+
+
+def _enum_of(name: str) -> type[enum.Enum] | None:
+    """The enum a TrainingArguments key takes (`save_strategy`, `optim`, ...), if any."""
+    spec = AlignmentTrainingArguments.__dataclass_fields__.get(name)
+    for member in typing.get_args(spec.type) if spec is not None else ():
+        if isinstance(member, type) and issubclass(member, enum.Enum):
+            return member
+    return None
+
+
+def checked_choices(values: Mapping[str, Any]) -> dict[str, Any]:
+    """`values` with every choice-valued key checked: ours (`forward`, `nonfinite_loss`,
+    `memory_probe`) and transformers' enums, so that a bad value fails when the recipe
+    loads, naming the allowed values. YAML 1.1 reads a bare `no`/`on`/`off` as a
+    boolean; for these keys it means the choice of that name. Raises ValueError."""
+    from alignment.logprobs import FORWARD_CHOICES
+
+    own = {"forward": FORWARD_CHOICES, **OWN_CHOICES}
+    checked = dict(values)
+    for key, value in values.items():
+        if key in own:
+            if key == "memory_probe" and isinstance(value, bool):
+                value = "on" if value else "off"
+            allowed = list(own[key])
+        elif (choices := _enum_of(key)) is not None:
+            value = "no" if value is False else value
+            if isinstance(value, choices):
+                continue
+            allowed = [member.value for member in choices]
+        else:
+            continue
+        if value not in allowed:
+            raise ValueError(
+                f"training.{key}: {value!r} is not allowed; allowed values: {', '.join(map(str, allowed))}"
+            )
+        checked[key] = value
+    return checked
 
 
 @dataclass
@@ -49,15 +91,8 @@ class AlignmentTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
-        from alignment.logprobs import FORWARD_CHOICES
-
-        if self.forward not in FORWARD_CHOICES:
-            raise ValueError(f"training.forward: {self.forward!r} is not one of {', '.join(FORWARD_CHOICES)}")
-        if isinstance(self.memory_probe, bool):  # YAML 1.1 reads a bare on/off as true/false
-            self.memory_probe = "on" if self.memory_probe else "off"
-        for name, choices in OWN_CHOICES.items():
-            if getattr(self, name) not in choices:
-                raise ValueError(f"training.{name}: {getattr(self, name)!r} is not one of {', '.join(choices)}")
+        for name, value in checked_choices({name: getattr(self, name) for name in ("forward", *OWN_CHOICES)}).items():
+            setattr(self, name, value)
         if self.logprob_chunk_size < 0:
             raise ValueError(f"training.logprob_chunk_size must be >= 0, got {self.logprob_chunk_size}")
         self.remove_unused_columns = False

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow.compute as pc
@@ -58,7 +58,9 @@ def probe_enabled(setting: str, trainer: Any) -> bool:
     owns backward); `on` forces it (also on CPU); `off` skips it."""
     if setting != "auto":
         return setting == "on"
-    offline = not getattr(trainer.loss_fn, "online_only", False) and not hasattr(trainer, "judge")
+    from alignment.trainers.online import OnlineTrainer
+
+    offline = not isinstance(trainer, OnlineTrainer)
     return trainer.args.device.type not in ("cpu", "meta") and not trainer.is_deepspeed_enabled and offline
 
 
@@ -97,6 +99,16 @@ def probe_longest_batch(trainer: Any) -> dict[str, int]:
         peak,
     )
     return shape
+
+
+@contextlib.contextmanager
+def out_of_memory_reported(config: Config, args: Any, where: Callable[[], str]) -> Iterator[None]:
+    """Turns `torch.OutOfMemoryError` into OutOfMemory with the advice. `where` is asked
+    only then (the step is known only once the error has happened)."""
+    try:
+        yield
+    except torch.OutOfMemoryError as err:
+        raise OutOfMemory(out_of_memory_advice(config, args, where(), err)) from None
 
 
 def out_of_memory_advice(config: Config, args: Any, where: str, error: BaseException) -> str:
