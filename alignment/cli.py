@@ -56,8 +56,9 @@ def train_main(argv: list[str]) -> int:
     from alignment.judges import JudgeError
     from alignment.run import train
     from alignment.trainers.checkpoints import CheckpointError
-    from alignment.trainers.faults import PREEMPTED_EXIT_CODE, NonFiniteLossError, Preempted
+    from alignment.trainers.faults import INTERRUPTED_EXIT_CODE, NonFiniteLossError, Preempted
     from alignment.trainers.memory import OutOfMemory
+    from alignment.trainers.output_dir import DiskSpaceError
 
     # (error, how its one-line message starts, exit status). Errors raised once training
     # has started begin with a new line: a progress bar may be mid-line.
@@ -68,7 +69,8 @@ def train_main(argv: list[str]) -> int:
         (JudgeError, "\nalignment: judge error: ", 2),
         (NonFiniteLossError, "\nalignment: training stopped: ", 1),
         (OutOfMemory, "\nalignment: ", 1),
-        (Preempted, "\nalignment: ", PREEMPTED_EXIT_CODE),
+        (DiskSpaceError, "\nalignment: not enough disk space: ", 1),
+        (Preempted, "\nalignment: ", None),  # the signal's own status: 143 for SIGTERM, 130 for Ctrl-C
     ]
     try:
         train(config)
@@ -76,7 +78,14 @@ def train_main(argv: list[str]) -> int:
         prefix, status = next((start, code) for error, start, code in failures if isinstance(err, error))
         hint = "\n(set data.bad_rows: skip to drop such rows and count them)" if isinstance(err, BadRowError) else ""
         print(f"{prefix}{err}{hint}", file=sys.stderr)
-        return status
+        return err.exit_code if status is None else status
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
+        print(
+            "\nalignment: stopped at once by Ctrl-C, without saving; complete checkpoints in "
+            f"{config.training['output_dir']}, if any, resume with --training.resume_from_checkpoint=latest",
+            file=sys.stderr,
+        )
+        return INTERRUPTED_EXIT_CODE
     return 0
 
 

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
-from alignment.config_schema import SECTIONS, ConfigError, _build, _coerce, read_yaml
+from alignment.config_schema import SECTIONS, ConfigError, DuplicateKeyError, _build, _coerce, read_yaml
 from alignment.online.config import OnlineConfig
 from alignment.overrides import apply_overrides, parse_override
 
@@ -235,7 +235,9 @@ def _loss_specs(raw: Any) -> list[LossSpec]:
 
 
 def _validate_training(raw: Any) -> dict[str, Any]:
-    from alignment.trainers.arguments import AlignmentTrainingArguments, checked_choices
+    from alignment.trainers.argument_checks import checked_training_values
+    from alignment.trainers.arguments import AlignmentTrainingArguments
+    from alignment.trainers.output_dir import writable_problem
 
     if not isinstance(raw, dict):
         raise ConfigError(f"training: expected a mapping of TrainingArguments names, got {raw!r}")
@@ -250,18 +252,29 @@ def _validate_training(raw: Any) -> dict[str, Any]:
     if "output_dir" not in raw:
         raise ConfigError("training.output_dir is required")
     try:
-        return checked_choices(raw)
+        checked = checked_training_values(raw)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    problem = writable_problem(str(checked["output_dir"]))
+    if problem is not None:
+        raise ConfigError(f"training.output_dir: {problem}")
+    return checked
 
 
 def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None = None) -> Config:
     """Read a recipe (YAML, safe loader), apply overrides, and validate everything."""
     raw: dict[str, Any] = {}
     if path is not None:
-        text = Path(path).read_text()
+        if not Path(path).is_file():
+            raise ConfigError(f"{path}: no such recipe file")
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
         try:
             raw = read_yaml(text) or {}
+        except DuplicateKeyError as err:
+            raise ConfigError(f"{path}: {err}") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from None
         if not isinstance(raw, dict):

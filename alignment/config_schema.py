@@ -4,6 +4,7 @@ sections from mappings while rejecting unknown keys. Every error names the key."
 from __future__ import annotations
 
 import dataclasses
+import enum
 import re
 import types
 import typing
@@ -18,9 +19,28 @@ class ConfigError(ValueError):
     """A recipe or override is invalid. The message names the key and what is allowed."""
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A key appears twice in one mapping: YAML would silently keep the last value."""
+
+
 class RecipeLoader(yaml.SafeLoader):
-    """The safe loader, reading `1e-5` as a number. YAML 1.1 wants `1.0e-5` and would
-    otherwise hand a learning rate of `1e-5` to the Trainer as a string."""
+    """The safe loader, reading `1e-5` as a number (YAML 1.1 wants `1.0e-5` and would
+    otherwise hand a learning rate of `1e-5` to the Trainer as a string), and refusing
+    a key given twice in one mapping (YAML keeps the last one without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` may override, by design
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, typing.Hashable) and key in first:
+                raise DuplicateKeyError(
+                    f"line {line}: key {key!r} appears twice in one mapping (first at line {first[key]}); keep one"
+                )
+            first[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 RecipeLoader.add_implicit_resolver(
@@ -65,11 +85,11 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if value not in args:
             raise ConfigError(f"{key}: {value!r} is not allowed; allowed values: {', '.join(map(repr, args))}")
         return value
-    if origin is list:
+    if origin is list or annotation is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_coerce(item, args[0], f"{key}.{i}") for i, item in enumerate(value)]
-    if origin is dict:
+        return [_coerce(item, args[0], f"{key}.{i}") for i, item in enumerate(value)] if args else value
+    if origin is dict or annotation is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return value
@@ -94,6 +114,13 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        if not isinstance(value, annotation) and value not in [member.value for member in annotation]:
+            allowed = ", ".join(str(member.value) for member in annotation)
+            raise ConfigError(f"{key}: {value!r} is not allowed; allowed values: {allowed}")
+        return value
+    if isinstance(annotation, type) and annotation is not object and not isinstance(value, annotation):
+        raise ConfigError(f"{key}: expected a {annotation.__name__}, got {value!r}")  # no YAML value is one
     return value
 
 

@@ -27,6 +27,14 @@ from alignment.trainers.checkpoints import resolve_resume
 from alignment.trainers.faults import Preempted, PreemptionCallback
 from alignment.trainers.memory import out_of_memory_reported, probe_enabled, probe_longest_batch
 from alignment.trainers.online import OnlineTrainer
+from alignment.trainers.output_dir import (
+    DiskSpaceForecast,
+    check_free_space,
+    checkpoint_parts,
+    disk_full_reported,
+    removed_on_early_failure,
+    weights_bytes,
+)
 
 logger = logging.getLogger("alignment")
 
@@ -92,6 +100,38 @@ def train(config: Config) -> dict[str, float]:
     # Checked before anything is loaded: a bad checkpoint path should fail in seconds.
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
 
+    main_process = training_args.process_index == 0
+    trainer = None
+    # The output directory is written only once everything has loaded, and any failure before step 1,
+    # whatever raised it, removes it again (transformers' Trainer creates it when it is built).
+    with removed_on_early_failure(
+        training_args.output_dir, main_process, lambda: 0 if trainer is None else trainer.state.global_step
+    ):
+        trainer, data = build_trainer(config, training_args)
+        # A disk too small for one checkpoint fails now, not at the first save.
+        policy = trainer.accelerator.unwrap_model(trainer.model)
+        check_free_space(policy, training_args)
+        trainer.add_callback(DiskSpaceForecast(lambda: checkpoint_parts(policy, training_args)))
+        if main_process:
+            os.makedirs(training_args.output_dir, exist_ok=True)
+            with open(os.path.join(training_args.output_dir, CONFIG_FILENAME), "w") as f:
+                f.write(resolved)
+        result, preemption = _train_loop(config, training_args, trainer, resume)
+    if preemption.preempted_at is not None:
+        raise Preempted(
+            f"stopped by {preemption.signal_name} at step {preemption.preempted_at}; checkpoint-"
+            f"{preemption.preempted_at} is saved in {training_args.output_dir}. Rerun with "
+            "--training.resume_from_checkpoint=latest to continue",
+            exit_code=preemption.exit_code,
+        )
+
+    final_model = lambda: {"weights": weights_bytes(policy)}  # noqa: E731
+    with disk_full_reported("the final model", training_args.output_dir, training_args, final_model):
+        return _finish(trainer, training_args, data, result, config)
+
+
+def build_trainer(config: Config, training_args):
+    """Tokenizer, data, judge, policy, reference and the trainer that holds them."""
     tokenizer = load_tokenizer(config.model)
     loss_fn = build_loss(config.loss)
     with training_args.main_process_first(desc="preprocessing the data"):
@@ -139,17 +179,18 @@ def train(config: Config) -> dict[str, float]:
         initial = reference.name_or_path is None and reference.init_seed in (None, config.model.init_seed)
         trainer = OnlineTrainer(judge=judge, online=config.online, reference_is_initial=initial, **common)
     del ref_model  # the trainer holds the prepared copy (and drops it after a precompute pass)
-    # Written only now: a recipe whose data or models fail to load leaves no output directory behind.
-    if training_args.process_index == 0:
-        os.makedirs(training_args.output_dir, exist_ok=True)
-        with open(os.path.join(training_args.output_dir, CONFIG_FILENAME), "w") as f:
-            f.write(resolved)
+    return trainer, data
+
+
+def _train_loop(config: Config, training_args, trainer, resume: str | None):
+    """The reference precompute, the memory probe and `Trainer.train`, with SIGTERM and
+    Ctrl-C turned into a checkpoint and a stop."""
     preemption = PreemptionCallback(trainer.accelerator)
     trainer.add_callback(preemption)
-    if reference.type == "precompute":
-        identity = reference_identity(config.model, reference, config.quantization)
-        trainer.precompute_reference(identity, reference.precompute_batch_size)
     try:
+        if config.reference.type == "precompute":
+            identity = reference_identity(config.model, config.reference, config.quantization)
+            trainer.precompute_reference(identity, config.reference.precompute_batch_size)
         if probe_enabled(training_args.memory_probe, trainer):
             probing = "in the memory probe (one forward and backward of the longest lists, before step 1)"
             with out_of_memory_reported(config, training_args, lambda: probing):
@@ -158,11 +199,11 @@ def train(config: Config) -> dict[str, float]:
             result = trainer.train(resume_from_checkpoint=resume)
     finally:
         preemption.restore()
-    if preemption.preempted_at is not None:
-        raise Preempted(
-            f"stopped by SIGTERM at step {preemption.preempted_at}; checkpoint-{preemption.preempted_at} is saved in "
-            f"{training_args.output_dir}. Rerun with --training.resume_from_checkpoint=latest to continue"
-        )
+    return result, preemption
+
+
+def _finish(trainer, training_args, data, result, config: Config) -> dict[str, float]:
+    """The final model, metrics, evaluation, state and model card (and the Hub upload)."""
     # An internal save: with push_to_hub, transformers would otherwise upload here,
     # before the evaluation and the model card; the push below uploads them together.
     trainer.save_model(training_args.output_dir, _internal_call=True)

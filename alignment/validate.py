@@ -10,10 +10,11 @@ no usable rows), 2 for a config error."""
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Sequence
 from itertools import combinations
 
-from alignment.config import Config
+from alignment.config import Config, ConfigError
 
 
 def histogram(values: Sequence[int], bins: int = 8, width: int = 40) -> list[str]:
@@ -51,6 +52,7 @@ def tied_pairs(scores: Sequence[Sequence[float]]) -> tuple[int, int]:
 def report(config: Config) -> tuple[list[str], int]:
     """The report's lines and the exit status."""
     from alignment.data import build_datasets
+    from alignment.data.pipeline import NoUsableRows
     from alignment.data.prompts import build_prompt_datasets
     from alignment.models import load_tokenizer
 
@@ -63,6 +65,9 @@ def report(config: Config) -> tuple[list[str], int]:
             data = build_datasets(counting, tokenizer, require_order=True)
         else:
             data = build_prompt_datasets(counting, tokenizer)
+    except NoUsableRows as err:  # every row was bad: the reasons are the report
+        reasons = ", ".join(f"{r}={n}" for r, n in err.skipped.items())
+        return [*lines, f"bad rows: {reasons} -- no usable row is left", f"data: FAILS: {err}"], 1
     except ValueError as err:
         return [*lines, f"data: FAILS: {err}"], 1
     lines += data.report.summary().splitlines()
@@ -101,6 +106,11 @@ def validate_main(argv: list[str]) -> int:
 
     config = config_from_argv(argv)
     if config is None:
+        return 2
+    try:
+        config.training_arguments()  # transformers' own checks of combinations, as training runs them
+    except ConfigError as err:
+        print(f"alignment: config error: {err}", file=sys.stderr)
         return 2
     lines, status = report(config)
     print("\n".join(lines))

@@ -6,6 +6,7 @@ import json
 import string
 from pathlib import Path
 
+import pytest
 import torch
 
 from alignment.config import DataConfig, ModelConfig, SourceConfig
@@ -19,6 +20,24 @@ TINY = ROOT / "recipes" / "tiny"
 # The tiny tokenizer's ids, written out by hand: 6 special tokens, then one token per character.
 PAD, EOS, SYSTEM, USER, ASSISTANT = 0, 1, 3, 4, 5
 TINY_CHARS = [c for c in string.printable if c not in "\r\x0b\x0c"]
+
+
+# Float32 results are compared in units of float32 precision relative to their size: an
+# absolute 1e-6 is 2 ulps on a log-prob of -13.5 but 1e5 ulps on a probability of 1e-4.
+FLOAT32_EPS = torch.finfo(torch.float32).eps  # 2**-23
+
+
+def float32_approx(expected, ulps: float = 8):
+    """`pytest.approx` within `ulps` float32 units of the expected value's own size."""
+    return pytest.approx(expected, rel=ulps * FLOAT32_EPS, abs=0.0)
+
+
+def assert_float32_close(actual: torch.Tensor, expected: torch.Tensor, ulps: float = 8) -> None:
+    """Tensors equal to `ulps` float32 units: of each element, and of the tensor's largest
+    magnitude (so that elements that cancel to near zero are held to the scale of the
+    terms that produced them)."""
+    scale = float(expected.detach().abs().max()) if expected.numel() else 0.0
+    torch.testing.assert_close(actual, expected, rtol=ulps * FLOAT32_EPS, atol=ulps * FLOAT32_EPS * scale)
 
 
 def char_ids(text: str) -> list[int]:

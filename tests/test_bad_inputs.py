@@ -58,6 +58,33 @@ CONFIG_CASES = [
         ["--training.optim=adamw_fast"],
         "training.optim: 'adamw_fast' is not allowed; allowed values: adamw_torch",
     ),
+    # TrainingArguments types and ranges, checked at load for every field (tests/test_training_values.py).
+    ("dpo", ["--training.learning_rate=abc"], "training.learning_rate: expected a number, got 'abc'"),
+    ("dpo", ["--training.learning_rate=.nan"], "training.learning_rate must be >= 0, got nan"),
+    ("dpo", ["--training.per_device_train_batch_size=0"], "training.per_device_train_batch_size must be >= 1, got 0"),
+    ("dpo", ["--training.per_device_eval_batch_size=2.5"], "training.per_device_eval_batch_size: expected an integer"),
+    ("dpo", ["--training.gradient_accumulation_steps=0"], "training.gradient_accumulation_steps must be >= 1, got 0"),
+    ("dpo", ["--training.logging_steps=-3"], "training.logging_steps must be > 0, got -3"),
+    ("dpo", ["--training.save_steps=0"], "training.save_steps must be > 0, got 0"),
+    ("dpo", ["--training.eval_steps=-1"], "training.eval_steps must be > 0, got -1"),
+    ("dpo", ["--training.max_steps=0"], "training.max_steps must be >= 1 (or -1), got 0"),
+    ("dpo", ["--training.num_train_epochs=0"], "training.num_train_epochs must be > 0, got 0"),
+    ("dpo", ["--training.warmup_steps=-5"], "training.warmup_steps must be >= 0, got -5"),
+    ("dpo", ["--training.weight_decay=-0.1"], "training.weight_decay must be >= 0, got -0.1"),
+    ("dpo", ["--training.max_grad_norm=-1"], "training.max_grad_norm must be >= 0, got -1"),
+    ("dpo", ["--training.adam_beta1=1.0"], "training.adam_beta1 must be >= 0 and < 1, got 1.0"),
+    ("dpo", ["--training.label_smoothing_factor=1"], "training.label_smoothing_factor must be >= 0 and < 1"),
+    ("dpo", ["--training.seed=-1"], "training.seed must be >= 0 and <= 4294967295, got -1"),
+    ("dpo", ["--training.save_total_limit=0"], "training.save_total_limit must be >= 1, got 0"),
+    ("dpo", ["--training.dataloader_num_workers=-1"], "training.dataloader_num_workers must be >= 0, got -1"),
+    ("dpo", ["--training.bf16=1"], "training.bf16: expected true or false, got 1"),
+    ("dpo", ["--training.run_name=5"], "training.run_name: expected a string, got 5"),
+    ("dpo", ["--training.log_level=loud"], "training.log_level: 'loud' is not allowed; allowed values: detail, debug"),
+    ("dpo", ["--training.ddp_backend=tcp"], "training.ddp_backend: 'tcp' is not allowed; allowed values: nccl, gloo"),
+    ("dpo", ["--training.lr_scheduler_type=fast"], "training.lr_scheduler_type: 'fast' is not allowed"),
+    ("dpo", ["--training.lr_scheduler_kwargs=3"], "training.lr_scheduler_kwargs: 3 is not a dict | str | None"),
+    ("dpo", ["--training.report_to=tensorbored"], "training.report_to: 'tensorbored' is not an integration"),
+    ("dpo", ["--training.logprob_chunk_size=-1"], "training.logprob_chunk_size must be >= 0, got -1"),
 ]
 
 
@@ -70,19 +97,96 @@ def test_config_case(recipe, overrides, phrase, tmp_path, capsys):
     _cli_stops_cleanly(recipe, overrides, "alignment: config error: ", phrase, tmp_path, capsys)
 
 
-def _cli_stops_cleanly(recipe: str, overrides: list[str], prefix: str, phrase: str, tmp_path: Path, capsys) -> None:
-    """The same case through `alignment train` (in this process): exit status 2, the
-    message as one `alignment: ...` line, and no output directory at all."""
+def _cli_stops_cleanly(
+    recipe: str | Path, overrides: list[str], prefix: str, phrase: str, tmp_path: Path, capsys, status: int = 2
+) -> None:
+    """The same case through `alignment train` (in this process): the exit status, the
+    message as one `alignment: ...` line, and no output directory at all. `recipe` is a
+    tiny recipe's name or a recipe file."""
     from alignment.cli import train_main
 
     out = tmp_path / "out"
+    path = recipe if isinstance(recipe, Path) else RECIPES / f"{recipe}.yaml"
     capsys.readouterr()
-    status = train_main(["--config", str(RECIPES / f"{recipe}.yaml"), f"--training.output_dir={out}", *overrides])
+    code = train_main(["--config", str(path), f"--training.output_dir={out}", *overrides])
     err = capsys.readouterr().err
     message = [line for line in err.replace("\r", "\n").splitlines() if line.startswith(prefix)]
-    assert status == 2 and len(message) == 1 and phrase in err, err
+    assert code == status and len(message) == 1 and phrase in err, err
     assert "Traceback" not in err
     assert not out.exists()
+
+
+TINY_RECIPE = (RECIPES / "dpo.yaml").read_text()
+
+RECIPE_FILE_CASES = [
+    # (name, recipe bytes, phrase)
+    (
+        "duplicate-loss-key",
+        TINY_RECIPE.replace("  beta: 0.1\n", "  beta: 0.1\n  beta: 0.2\n").encode(),
+        "line 17: key 'beta' appears twice in one mapping (first at line 16); keep one",
+    ),
+    (
+        "duplicate-training-key",
+        TINY_RECIPE.replace("  seed: 0\n", "  seed: 0\n  learning_rate: 1.0e-2\n").encode(),
+        "line 31: key 'learning_rate' appears twice in one mapping (first at line 22)",
+    ),
+    (
+        "duplicate-section",
+        (TINY_RECIPE + "loss:\n  name: ipo\n").encode(),
+        "key 'loss' appears twice in one mapping (first at line 14)",
+    ),
+    ("not-a-mapping", b"- model\n- data\n", "a recipe is a mapping of sections (model, lora"),
+    ("not-yaml", b"model:\n\tconfig: x\n", "not valid YAML"),
+    ("not-utf8", TINY_RECIPE.encode().replace(b"Tiny DPO", b"Tiny \xff DPO"), "not UTF-8 text (invalid start byte"),
+    ("python-tag", b"model: !!python/object/apply:os.system [echo hi]\n", "not valid YAML"),
+    ("unknown-section", (TINY_RECIPE + "optimizer: {lr: 1}\n").encode(), "unknown section 'optimizer'"),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "phrase"), RECIPE_FILE_CASES, ids=[c[0] for c in RECIPE_FILE_CASES])
+def test_recipe_file_case(name, content, phrase, tmp_path, capsys):
+    path = tmp_path / "recipe.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert type(info.value) is ConfigError and phrase in str(info.value), str(info.value)
+    _cli_stops_cleanly(path, [], "alignment: config error: ", phrase, tmp_path, capsys)
+
+
+def test_a_missing_recipe_file(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="no such recipe file"):
+        load_config(tmp_path / "nope.yaml")
+    _cli_stops_cleanly(tmp_path / "nope.yaml", [], "alignment: config error: ", "no such recipe file", tmp_path, capsys)
+
+
+@pytest.mark.parametrize("integration", ["tensorboard", "wandb"])
+def test_a_logging_integration_without_its_package(integration, tmp_path, capsys, monkeypatch):
+    """As on a machine where the package is not installed: transformers finds none."""
+    import transformers.integrations.integration_utils as integrations
+
+    monkeypatch.setattr(integrations, "get_available_reporting_integrations", lambda: [])
+    phrase = (
+        f"training.report_to: {integration!r} needs the {integration} package, which is not installed: "
+        f"pip install {integration} (or pip install 'alignment[{integration}]')"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(RECIPES / "dpo.yaml", [f"--training.report_to={integration}"])
+    assert type(info.value) is ConfigError and phrase in str(info.value)
+    overrides = [f"--training.report_to=[{integration}]"]
+    _cli_stops_cleanly("dpo", overrides, "alignment: config error: ", phrase, tmp_path, capsys)
+
+
+def test_an_output_dir_that_cannot_be_created(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    phrase = f"training.output_dir: '{blocker}/run' cannot be created: '{blocker}' is not a directory"
+    with pytest.raises(ConfigError, match="cannot be created"):
+        load_config(RECIPES / "dpo.yaml", [f"--training.output_dir={blocker}/run"])
+    from alignment.cli import train_main
+
+    code = train_main(["--config", str(RECIPES / "dpo.yaml"), f"--training.output_dir={blocker}/run"])
+    err = capsys.readouterr().err
+    assert code == 2 and phrase in err and "Traceback" not in err
 
 
 PAIR = {"prompt": "1+1=", "chosen": "2", "rejected": "3"}

@@ -84,6 +84,28 @@ def test_validate_counts_every_bad_row_and_fails(tmp_path):
     assert "result: the recipe's data would stop training" in proc.stdout
 
 
+def test_validate_counts_the_reasons_when_no_row_is_usable(tmp_path, capsys):
+    from alignment.validate import validate_main
+
+    rows = [{"prompt": "1+1=", "chosen": "2"}, {"prompt": "1+1=", "chosen": "2", "rejected": "2"}]
+    rows.append({"prompt": "1+2=", "chosen": "", "rejected": "3"})
+    path = write_jsonl(tmp_path / "all_bad.jsonl", rows)
+    status = validate_main(["--config", "recipes/tiny/dpo.yaml", f"--data.train=[{path}]", "--data.test=[]"])
+    out = capsys.readouterr().out
+    assert status == 1
+    counts = "duplicate_completion=1, empty_completion=1, missing_column=1"
+    assert f"bad rows: {counts} -- no usable row is left" in out
+    assert f"data: FAILS: data.train: no usable rows left in ['{path}'] (skipped: {counts})" in out
+
+
+def test_validate_runs_the_training_arguments_own_checks(capsys):
+    from alignment.validate import validate_main
+
+    overrides = ["--training.load_best_model_at_end=true", "--training.save_strategy=epoch"]
+    assert validate_main(["--config", "recipes/tiny/dpo.yaml", *overrides, "--training.eval_strategy=steps"]) == 2
+    assert "alignment: config error: training: --load_best_model_at_end requires" in capsys.readouterr().err
+
+
 def test_validate_config_errors_exit_2():
     proc = run(["alignment", "validate", "--config", "recipes/tiny/dpo.yaml", "--loss.beta=-1"], check=False)
     assert proc.returncode == 2 and "beta must satisfy beta > 0" in proc.stderr

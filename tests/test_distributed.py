@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import float32_approx
 from tests.launch import accelerate_launch, logged, train
 
 COMMON = [
@@ -58,12 +59,14 @@ def test_two_processes_match_one_process(one_process, backend, config_file, refe
         assert "reference log-probs (train): computing 4000 rows on 2 process(es)" in proc.stdout
     losses_one, losses_two = logged(one_process), logged(out)
     assert len(losses_one) == len(losses_two) == 3
-    assert losses_two == pytest.approx(losses_one, abs=1e-4)
+    # Bit-identical on CPU so far, but two processes reduce each step's loss and gradients in
+    # another order (2 x 16 rows, then across processes), and the optimizer steps carry it on.
+    assert losses_two == float32_approx(losses_one, ulps=8)
     assert losses_one[2] != pytest.approx(losses_one[0], abs=1e-3)  # it trained
     acc_one = json.loads((one_process / "eval_results.json").read_text())["eval_reward_accuracy"]
     acc_two = json.loads((out / "eval_results.json").read_text())["eval_reward_accuracy"]
     # The eval metric is reduced exactly across both processes.
-    assert acc_two == pytest.approx(acc_one, abs=1e-4)
+    assert acc_two == float32_approx(acc_one, ulps=1)
 
 
 def test_qlora_under_zero3_is_refused_before_loading(tmp_path):

@@ -79,6 +79,72 @@ def test_sigterm_saves_a_checkpoint_exits_and_resumes(tmp_path):
     assert (out / "eval_results.json").exists()
 
 
+def _start(out: Path, *overrides: str) -> subprocess.Popen:
+    cmd = train_command("dpo", out, *overrides, "--training.eval_on_start=false")
+    env = {**ENV, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(proc: subprocess.Popen, phrase: str, seen: list[str]) -> None:
+    for line in proc.stdout:
+        seen.append(line)
+        if phrase in line:
+            return
+    raise AssertionError("".join(seen)[-3000:])
+
+
+def test_first_ctrl_c_saves_a_checkpoint_at_that_step_and_exits(tmp_path):
+    """SIGINT is what a terminal's Ctrl-C sends: the step in progress finishes, is saved
+    as a marked checkpoint, and the run stops there with one line and status 130."""
+    out = tmp_path / "run"
+    proc = _start(out, "--training.max_steps=400", "--training.save_steps=1000", "--training.logging_steps=5")
+    seen: list[str] = []
+    _wait_for(proc, "'loss':", seen)
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=300)
+    output = "".join(seen) + rest
+    assert proc.returncode == 130, output[-3000:]
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output
+    stopped = [line for line in output.splitlines() if line.startswith("alignment: stopped by Ctrl-C at step ")]
+    assert len(stopped) == 1, output[-3000:]
+    step = int(stopped[0].split("at step ")[1].split(";")[0])
+    assert f"checkpoint-{step} is saved in {out}" in stopped[0]
+    assert "alignment: Ctrl-C: saving a checkpoint after this step" in output
+    assert [p.name for p in out.glob("checkpoint-*")] == [f"checkpoint-{step}"]
+    checkpoint = latest_complete_checkpoint(out)
+    assert checkpoint == out / f"checkpoint-{step}" and problem(checkpoint) is None
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert state["global_step"] == step and 5 <= step < 400
+    # No step ran after the interrupted one: the last logged step is at most the checkpoint's.
+    assert max(e["step"] for e in state["log_history"]) <= step
+    assert not (out / "eval_results.json").exists()
+
+
+def test_second_ctrl_c_stops_at_once_without_saving(tmp_path):
+    """Long steps (all 125 batches of an epoch accumulated into each, several seconds),
+    so that the second Ctrl-C lands inside the step the first one asked to finish."""
+    out = tmp_path / "run"
+    overrides = ["--training.max_steps=400", "--training.save_steps=1000", "--training.logging_steps=1"]
+    proc = _start(out, *overrides, "--training.gradient_accumulation_steps=125")
+    seen: list[str] = []
+    _wait_for(proc, "'loss':", seen)
+    proc.send_signal(signal.SIGINT)
+    _wait_for(proc, "Ctrl-C again stops at once", seen)
+    time.sleep(1.2)  # within a second, a SIGINT is the same Ctrl-C (torchrun forwards it to the workers)
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=300)
+    output = "".join(seen) + rest
+    assert proc.returncode == 130, output[-3000:]
+    assert "Traceback" not in output
+    lines = [line for line in output.splitlines() if line.startswith("alignment: stopped")]
+    assert lines == [
+        f"alignment: stopped at once by Ctrl-C, without saving; complete checkpoints in {out}, if any, resume "
+        "with --training.resume_from_checkpoint=latest"
+    ], output[-3000:]
+    assert not list(out.glob("checkpoint-*"))
+    assert (out / "alignment_config.yaml").exists()  # steps had run: the directory is kept
+
+
 @pytest.fixture
 def checkpoint(tmp_path) -> Path:
     ckpt = tmp_path / "out" / "checkpoint-10"

@@ -1,5 +1,5 @@
 """Every forward strategy gives the baseline's per-completion log-probs and gradients
-(float32, 1e-5), for pairs and for K = 4 lists of uneven lengths, under SDPA and eager
+(to a few float32 units), for pairs and for K = 4 lists of uneven lengths, under SDPA and eager
 attention, with and without LoRA; the chunked LM head never holds the batch's logits."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 from alignment.config import LoraConfig
 from alignment.logprobs import STRATEGIES, _output_head, resolve_strategy, sequence_logps
 from alignment.models import load_policy
-from tests.helpers import collate, tiny_model_config, tiny_rows, tokenized
+from tests.helpers import assert_float32_close, collate, tiny_model_config, tiny_rows, tokenized
 
 OTHERS = [s for s in STRATEGIES if s != "baseline"]
 
@@ -50,6 +50,14 @@ def logps_and_grads(model, batch, strategy, chunk_size=1024):
     return logps.detach(), grads
 
 
+def assert_grads_close(grads, base_grads, ulps: float) -> None:
+    for name, g in grads.items():
+        try:
+            assert_float32_close(g, base_grads[name], ulps=ulps)
+        except AssertionError as error:
+            raise AssertionError(f"the gradient of {name}") from error
+
+
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("kind", ["pairs", "lists"])
 @pytest.mark.parametrize("strategy", OTHERS)
@@ -60,11 +68,12 @@ def test_strategy_matches_baseline(batches, attn, kind, strategy):
     model = model_with(attn)
     base_logps, base_grads = logps_and_grads(model, batch, "baseline")
     logps, grads = logps_and_grads(model, batch, strategy, chunk_size=5)  # several chunks
-    assert torch.allclose(logps, base_logps, atol=1e-5), (logps - base_logps).abs().max()
+    # (1 unit: no looser than the former 1e-5 on summed log-probs of up to about 32)
+    assert_float32_close(logps, base_logps, ulps=1)
     assert (logps[~batch["mask"]] == 0).all()
     assert grads.keys() == base_grads.keys()
-    for name, g in grads.items():
-        assert torch.allclose(g, base_grads[name], atol=1e-5), (name, (g - base_grads[name]).abs().max())
+    # each gradient sums over every token of the batch, in another order than the baseline's
+    assert_grads_close(grads, base_grads, ulps=16)
 
 
 @pytest.mark.parametrize("strategy", OTHERS)
@@ -72,10 +81,10 @@ def test_strategy_matches_baseline_with_lora(batches, strategy):
     model = model_with("sdpa", lora=True)
     base_logps, base_grads = logps_and_grads(model, batches["lists"], "baseline")
     logps, grads = logps_and_grads(model, batches["lists"], strategy)
-    assert torch.allclose(logps, base_logps, atol=1e-5)
+    assert_float32_close(logps, base_logps, ulps=1)
     assert grads.keys() == base_grads.keys() and all("lora_" in n for n in grads)
-    for name, g in grads.items():
-        assert torch.allclose(g, base_grads[name], atol=1e-5), name
+    # as above, and through both factors B A of each adapter
+    assert_grads_close(grads, base_grads, ulps=32)
 
 
 def test_chunked_head_never_saves_the_batch_logits(batches):
@@ -126,4 +135,4 @@ def test_softcapped_models_fall_back_to_the_models_own_logits(batches):
     base = sequence_logps(model, batches["pairs"], "baseline")
     model.config.final_logit_softcapping = 30.0  # Llama ignores it; our code must not use the bare head
     for strategy in OTHERS:
-        assert torch.allclose(sequence_logps(model, batches["pairs"], strategy), base, atol=1e-5)
+        assert_float32_close(sequence_logps(model, batches["pairs"], strategy), base, ulps=2)

@@ -8,10 +8,10 @@ import re
 from pathlib import Path
 
 import datasets
-import pytest
 
 from alignment.config import load_config
 from alignment.trainers.memory import longest_rows, out_of_memory_advice
+from tests.helpers import float32_approx
 from tests.launch import log_history, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,7 +100,7 @@ def test_probe_runs_the_longest_batch_and_leaves_no_trace(tmp_path):
             r"memory probe: the longest batch \((\d+) lists x (\d+) completions, (\d+) tokens wide\)", proc.stdout
         )
         assert (probed is not None) == (probe == "on")
-    assert runs["on"] == pytest.approx(runs["off"], abs=1e-7)
+    assert runs["on"] == float32_approx(runs["off"], ulps=1)
     assert len(runs["on"]) == 6
 
 
@@ -112,7 +112,7 @@ def test_out_of_memory_in_the_probe_stops_before_step_1(tmp_path):
     assert "CUDA out of memory. Tried to allocate 20.00 GiB (simulated)" in proc.stderr
     assert "training.per_device_train_batch_size (now 32) smaller" in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert not list(out.glob("checkpoint-*")) and not (out / "trainer_state.json").exists()
+    assert not out.exists()  # an error before step 1 leaves no output directory
 
 
 def test_out_of_memory_during_training_names_the_step(tmp_path):

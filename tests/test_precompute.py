@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import math
+
 import torch
 
 from alignment.config import ModelConfig, ReferenceConfig
 from alignment.reference import reference_fingerprint, reference_identity
-from tests.helpers import TINY, tiny_rows, tokenized
+from tests.helpers import TINY, float32_approx, tiny_rows, tokenized
 from tests.launch import logged, train
 
 STEPS = ["--training.max_steps=6", "--training.logging_steps=1", "--training.eval_on_start=true"]
@@ -23,9 +24,10 @@ def test_precompute_matches_a_live_reference_and_reuses_its_cache(tmp_path):
 
     # Same per-step losses and eval metrics as the live reference.
     assert len(logged(live)) == 6
-    assert logged(first) == pytest.approx(logged(live), abs=1e-5)
-    assert logged(first, "eval_loss") == pytest.approx(logged(live, "eval_loss"), abs=1e-5)
-    assert logged(live)[0] == pytest.approx(0.693147, abs=1e-6)
+    # Bit-identical so far; the reference pass batches and pads the rows differently from training.
+    assert logged(first) == float32_approx(logged(live), ulps=4)
+    assert logged(first, "eval_loss") == float32_approx(logged(live, "eval_loss"), ulps=4)
+    assert logged(live)[0] == float32_approx(math.log(2), ulps=1)
 
     assert "reference log-probs (train): computing 4000 rows" in run1.stdout
     assert "reference log-probs (eval): computing 400 rows" in run1.stdout

@@ -126,6 +126,18 @@ class DataReport:
             )
 
 
+class NoUsableRows(DataError):
+    """Every row of a split was bad (under `bad_rows: skip`); the message and `skipped`
+    give the count per reason, so the user sees why."""
+
+    def __init__(self, split: str, what: str, sources: list[SourceConfig], reports: list[SourceReport]) -> None:
+        self.skipped = DataReport(sources=reports, rows={}, k_distribution={}).skipped
+        reasons = ", ".join(f"{reason}={n}" for reason, n in self.skipped.items()) or "none"
+        super().__init__(
+            f"data.{split}: no usable {what} left in {[source_label(s) for s in sources]} (skipped: {reasons})"
+        )
+
+
 @dataclass
 class PreparedData:
     """Tokenized train and test sets (columns prompt_input_ids, completion_input_ids, scores)."""
@@ -183,7 +195,7 @@ def _prepare_split(
         reports.append(report)
     mixed = mix(parts, cfg.seed)
     if len(mixed) == 0:
-        raise DataError(f"data.{split}: no usable rows left in {[source_label(s) for s in sources]}")
+        raise NoUsableRows(split, "rows", sources, reports[-len(sources) :])
     return mixed
 
 

@@ -20,10 +20,11 @@ from alignment.data import adapters as adapters_module
 from alignment.data import sources as sources_module
 from alignment.data import tokenize as tokenize_module
 from alignment.data.adapters import adapt_prompt
-from alignment.data.example import BadRowError, DataError
+from alignment.data.example import BadRowError
 from alignment.data.pipeline import (
     BOOKKEEPING_COLUMNS,
     DataReport,
+    NoUsableRows,
     PreparedData,
     SourceReport,
     _apply_policy,
@@ -65,7 +66,7 @@ def build_prompt_datasets(cfg: DataConfig, tokenizer: Any) -> PreparedData:
             parts = [_prepare_source(src, split, cfg, tokenizer, chat_template, reports) for src in sources]
             splits[split] = mix(parts, cfg.seed)
             if len(splits[split]) == 0:
-                raise DataError(f"data.{split}: no usable prompts left in {[source_label(s) for s in sources]}")
+                raise NoUsableRows(split, "prompts", sources, reports[-len(sources) :])
     if "test" not in splits and cfg.test_size > 0:
         parts = splits["train"].train_test_split(test_size=cfg.test_size, seed=cfg.seed)
         splits["train"], splits["test"] = parts["train"], parts["test"]

@@ -3,15 +3,13 @@ preference run needs."""
 
 from __future__ import annotations
 
-import enum
 import os
-import typing
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from transformers import TrainingArguments
+
+from alignment.trainers.argument_checks import OWN_CHOICES, checked_training_values
 
 
 def _has_accelerator() -> bool:
@@ -19,50 +17,10 @@ def _has_accelerator() -> bool:
     return torch.cuda.is_available() or bool(xpu and xpu.is_available()) or torch.backends.mps.is_available()
 
 
-OWN_CHOICES = {"nonfinite_loss": ("stop", "skip"), "memory_probe": ("auto", "on", "off")}
-
-
-def _enum_of(name: str) -> type[enum.Enum] | None:
-    """The enum a TrainingArguments key takes (`save_strategy`, `optim`, ...), if any."""
-    spec = AlignmentTrainingArguments.__dataclass_fields__.get(name)
-    for member in typing.get_args(spec.type) if spec is not None else ():
-        if isinstance(member, type) and issubclass(member, enum.Enum):
-            return member
-    return None
-
-
-def checked_choices(values: Mapping[str, Any]) -> dict[str, Any]:
-    """`values` with every choice-valued key checked: ours (`forward`, `nonfinite_loss`,
-    `memory_probe`) and transformers' enums, so that a bad value fails when the recipe
-    loads, naming the allowed values. YAML 1.1 reads a bare `no`/`on`/`off` as a
-    boolean; for these keys it means the choice of that name. Raises ValueError."""
-    from alignment.logprobs import FORWARD_CHOICES
-
-    own = {"forward": FORWARD_CHOICES, **OWN_CHOICES}
-    checked = dict(values)
-    for key, value in values.items():
-        if key in own:
-            if key == "memory_probe" and isinstance(value, bool):
-                value = "on" if value else "off"
-            allowed = list(own[key])
-        elif (choices := _enum_of(key)) is not None:
-            value = "no" if value is False else value
-            if isinstance(value, choices):
-                continue
-            allowed = [member.value for member in choices]
-        else:
-            continue
-        if value not in allowed:
-            raise ValueError(
-                f"training.{key}: {value!r} is not allowed; allowed values: {', '.join(map(str, allowed))}"
-            )
-        checked[key] = value
-    return checked
-
-
 @dataclass
 class AlignmentTrainingArguments(TrainingArguments):
-    """`transformers.TrainingArguments`, unchanged names, plus four of our own:
+    """`transformers.TrainingArguments`, unchanged names, plus four of our own (every value is
+    checked by `alignment.trainers.argument_checks`):
 
     - `forward`: how per-completion log-probs are computed (`alignment.logprobs`):
       `auto` (the fastest valid strategy), `baseline`, `packed` or `shared_prompt`;
@@ -89,12 +47,15 @@ class AlignmentTrainingArguments(TrainingArguments):
     memory_probe: str = field(
         default="auto", metadata={"help": "forward+backward of the longest batch before step 1: auto | on | off"}
     )
+    # `latest` or true resumes from the newest complete checkpoint (trainers.checkpoints.resolve_resume).
+    resume_from_checkpoint: str | bool | None = field(
+        default=None, metadata={"help": "a checkpoint directory, or latest (true) for the newest complete one"}
+    )
 
     def __post_init__(self) -> None:
-        for name, value in checked_choices({name: getattr(self, name) for name in ("forward", *OWN_CHOICES)}).items():
+        own = ("forward", "logprob_chunk_size", *OWN_CHOICES)
+        for name, value in checked_training_values({name: getattr(self, name) for name in own}).items():
             setattr(self, name, value)
-        if self.logprob_chunk_size < 0:
-            raise ValueError(f"training.logprob_chunk_size must be >= 0, got {self.logprob_chunk_size}")
         self.remove_unused_columns = False
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if launched > 1 and not self.use_cpu and not _has_accelerator():

@@ -1,5 +1,5 @@
-"""What a run does when something goes wrong while it trains: a non-finite loss, and a
-SIGTERM (a Slurm preemption, a spot instance going away).
+"""What a run does when something goes wrong while it trains: a non-finite loss, a
+SIGTERM (a Slurm preemption, a spot instance going away) and a Ctrl-C.
 
 Both decisions are collective: every process takes the same branch, so a fault seen by
 one rank never leaves the others waiting in an all-reduce."""
@@ -7,7 +7,9 @@ one rank never leaves the others waiting in an all-reduce."""
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import time
 
 import torch
 from torch import Tensor, nn
@@ -18,10 +20,18 @@ from alignment.losses import SequenceLogps
 logger = logging.getLogger(__name__)
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, the shell's convention for "terminated"
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT
+DUPLICATE_SIGNAL_S = 1.0
+STOP_SIGNALS = {signal.SIGTERM: ("SIGTERM", PREEMPTED_EXIT_CODE), signal.SIGINT: ("Ctrl-C", INTERRUPTED_EXIT_CODE)}
 
 
 class Preempted(RuntimeError):
-    """The run stopped on SIGTERM after saving a checkpoint."""
+    """The run stopped on SIGTERM or Ctrl-C after saving a checkpoint; `exit_code`
+    follows the shell's convention for that signal."""
+
+    def __init__(self, message: str, exit_code: int = PREEMPTED_EXIT_CODE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class NonFiniteLossError(RuntimeError):
@@ -69,26 +79,49 @@ def guard_nonfinite(trainer, model: nn.Module, loss: Tensor, logps: SequenceLogp
 
 
 class PreemptionCallback(TrainerCallback):
-    """On SIGTERM, finish the current step, save a checkpoint and stop. The run then
-    exits with PREEMPTED_EXIT_CODE; rerunning with `resume_from_checkpoint=latest`
-    continues from that checkpoint."""
+    """On SIGTERM or a first Ctrl-C, finish the current step, save a checkpoint and
+    stop; the run then exits with that signal's status (143 or 130), and rerunning with
+    `resume_from_checkpoint=latest` continues from that checkpoint. A second Ctrl-C, a
+    second or more after the first, stops at once (KeyboardInterrupt), without saving."""
 
     def __init__(self, accelerator) -> None:
         self.accelerator = accelerator
-        self.requested = False
+        self.requested: int | None = None  # the signal that asked to stop
+        self._requested_at = 0.0
         self.preempted_at: int | None = None
-        self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+        self._previous = {signum: signal.signal(signum, self._on_signal) for signum in STOP_SIGNALS}
 
     def _on_signal(self, signum, frame) -> None:
-        self.requested = True  # acted on at the end of the step: never mid-backward
+        if self.requested is not None:
+            # torchrun's agent forwards the terminal's SIGINT to the workers, which have it already:
+            # within a second of the first, a SIGINT is that same Ctrl-C.
+            if signum == signal.SIGINT and time.monotonic() - self._requested_at > DUPLICATE_SIGNAL_S:
+                raise KeyboardInterrupt
+            return
+        self.requested, self._requested_at = signum, time.monotonic()  # acted on at the end of the step
+        if signum == signal.SIGINT:
+            # os.write, not print: the signal may arrive while a progress bar is writing to stderr.
+            note = (
+                "\nalignment: Ctrl-C: saving a checkpoint after this step, then stopping (Ctrl-C again stops at once)\n"
+            )
+            os.write(2, note.encode())
+
+    @property
+    def signal_name(self) -> str:
+        return STOP_SIGNALS.get(self.requested, ("SIGTERM", PREEMPTED_EXIT_CODE))[0]
+
+    @property
+    def exit_code(self) -> int:
+        return STOP_SIGNALS.get(self.requested, ("SIGTERM", PREEMPTED_EXIT_CODE))[1]
 
     def on_step_end(self, args, state, control, **kwargs):
-        if _any_process(self.requested, self.accelerator):
-            logger.warning("SIGTERM: saving a checkpoint at step %d and stopping", state.global_step)
+        if _any_process(self.requested is not None, self.accelerator):
+            logger.warning("%s: saving a checkpoint at step %d and stopping", self.signal_name, state.global_step)
             self.preempted_at = state.global_step
             control.should_save = True
             control.should_training_stop = True
         return control
 
     def restore(self) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)

@@ -20,6 +20,7 @@ from alignment.trainers.arguments import AlignmentTrainingArguments
 from alignment.trainers.checkpoints import mark_complete
 from alignment.trainers.faults import guard_nonfinite
 from alignment.trainers.metrics import MetricAccumulator
+from alignment.trainers.output_dir import checkpoint_parts, disk_full_reported
 
 
 class PreferenceTrainer(Trainer):
@@ -170,12 +171,15 @@ class PreferenceTrainer(Trainer):
         return loss.detach(), None, None
 
     def _save_checkpoint(self, model: nn.Module, trial=None) -> None:
-        super()._save_checkpoint(model, trial)
-        # Every process has written its part (optimizer shards, RNG state) only after this barrier.
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            run_dir = self._get_output_dir(trial=trial)
-            mark_complete(os.path.join(run_dir, f"checkpoint-{self.state.global_step}"), self.state.global_step)
+        name = f"checkpoint-{self.state.global_step}"
+        directory = os.path.join(self._get_output_dir(trial=trial), name)
+        parts = lambda: checkpoint_parts(self.accelerator.unwrap_model(self.model), self.args)  # noqa: E731
+        with disk_full_reported(name, directory, self.args, parts):
+            super()._save_checkpoint(model, trial)
+            # Every process has written its part (optimizer shards, RNG state) only after this barrier.
+            self.accelerator.wait_for_everyone()
+            if self.args.should_save:
+                mark_complete(directory, self.state.global_step)
         self.accelerator.wait_for_everyone()
 
     def _sum_across_processes(self, packed: Tensor) -> Tensor:
