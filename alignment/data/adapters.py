@@ -1,12 +1,19 @@
 """Public dataset layouts -> PreferenceExample.
 
-Three layouts cover the common preference datasets:
+These layouts cover the common preference datasets:
 
 - `pairwise`: `chosen`, `rejected` (+ optional `prompt`, `score_chosen`, `score_rejected`),
   strings or chat messages; the prompt may be implicit in the messages.
 - `ranked`: `prompt`, `completions` and `scores` (higher is better) or `ranks` (1 is best).
 - `ultrafeedback`: `instruction` (or `prompt`) and `completions` as a list of
   `{response, overall_score, annotations}` records (openbmb/UltraFeedback).
+- `sharegpt`: LLaMA-Factory's DPO format: `conversations` (the history, `{from, value}`
+  messages), `chosen` and `rejected` (a message or a list), optional `system` and `tools`.
+- `hh`: Anthropic HH: `chosen` and `rejected` as whole `\n\nHuman: ... \n\nAssistant: ...`
+  transcripts; the turns they share are the prompt.
+
+In every conversational layout the prompt is the history and only the final assistant
+turn (the part where chosen and rejected differ) is trained.
 
 Every problem with a row raises `BadRowError` with a short `reason` key, so the
 pipeline's bad-row policy can stop on it or count it.
@@ -14,49 +21,52 @@ pipeline's bad-row policy can stop on it or count it.
 
 from __future__ import annotations
 
+import json
 import math
-import numbers
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
+from alignment.data.conversations import hh_messages, is_hh_transcript, sharegpt_messages
 from alignment.data.example import BadRowError, Message, PreferenceExample, Text
+from alignment.data.fields import (
+    ALL_TIED,
+    DUPLICATE_COMPLETION,
+    EMPTY_COMPLETION,
+    EMPTY_PROMPT,
+    MISSING_COLUMN,
+    MISSING_SCORE,
+    SCORE_LENGTH_MISMATCH,
+    TOO_FEW_COMPLETIONS,
+    WRONG_TYPE,
+    RowProblem,
+    as_list,
+    get,
+    kind,
+    number,
+    text,
+)
 
-Layout = Literal["pairwise", "ranked", "ultrafeedback", "prompt"]
+Layout = Literal["pairwise", "ranked", "ultrafeedback", "sharegpt", "hh", "prompt"]
 
 LAYOUT_COLUMNS: dict[str, str] = {
     "pairwise": "chosen, rejected (optional: prompt, score_chosen, score_rejected)",
+    "sharegpt": "conversations, chosen, rejected as {from, value} messages (optional: system, tools)",
+    "hh": "chosen, rejected as '\\n\\nHuman: ... \\n\\nAssistant: ...' transcripts",
     "ranked": "prompt, completions, and scores or ranks",
     "ultrafeedback": "instruction or prompt, completions (records with response and overall_score or annotations)",
     "prompt": "prompt only (online training)",
 }
 
-# Reason keys of the bad rows this module finds (the tokenizer adds "prompt_fills_max_length").
-MISSING_COLUMN = "missing_column"
-WRONG_TYPE = "wrong_type"
-TOO_FEW_COMPLETIONS = "too_few_completions"
-EMPTY_COMPLETION = "empty_completion"
-EMPTY_PROMPT = "empty_prompt"
-NONFINITE_SCORE = "nonfinite_score"
-SCORE_LENGTH_MISMATCH = "score_length_mismatch"
-MISSING_SCORE = "missing_score"
-ALL_TIED = "all_tied"
-DUPLICATE_COMPLETION = "duplicate_completion"
 
-
-class _RowProblem(Exception):
-    """Raised inside the adapters; `adapt_row` adds the row's source and index."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-
-
-def detect_layout(columns: Iterable[str]) -> Layout:
-    """Pick the layout from the column names (pairwise, then ranked, then ultrafeedback)."""
+def detect_layout(columns: Iterable[str], first_row: Mapping[str, Any] | None = None) -> Layout:
+    """Pick the layout from the column names (sharegpt, then pairwise or hh, ranked,
+    ultrafeedback, prompt); `first_row` tells an HH transcript from a plain pair."""
     cols = set(columns)
+    if {"conversations", "chosen", "rejected"} <= cols:
+        return "sharegpt"
     if {"chosen", "rejected"} <= cols:
-        return "pairwise"
+        hh = "prompt" not in cols and first_row is not None and is_hh_transcript(first_row.get("chosen"))
+        return "hh" if hh else "pairwise"
     if {"prompt", "completions"} <= cols and cols & {"scores", "ranks"}:
         return "ranked"
     if "completions" in cols and cols & {"instruction", "prompt"}:
@@ -70,39 +80,56 @@ def detect_layout(columns: Iterable[str]) -> Layout:
     )
 
 
+def renamed(row: Mapping[str, Any], columns: Mapping[str, str] | None) -> Mapping[str, Any]:
+    """A source's `columns: {our name: its name}` applied to a row (or column names)."""
+    if not columns:
+        return row
+    theirs = set(columns.values())
+    out = {k: v for k, v in row.items() if k not in theirs}
+    out.update({ours: row[name] for ours, name in columns.items() if name in row})
+    return out
+
+
 def adapt_row(
-    row: Mapping[str, Any], layout: str, source: str, index: int, require_order: bool = True
+    row: Mapping[str, Any],
+    layout: str,
+    source: str,
+    index: int,
+    require_order: bool = True,
+    system: str | None = None,
 ) -> PreferenceExample:
     """Turn one row of `layout` into a PreferenceExample, or raise BadRowError naming
     the row (`index` within `source`), the column and a reason key.
 
     `require_order`: the row must teach an order -- its scores are not all tied and no
-    two of its completions are identical. Off when only the prompt is wanted."""
+    two of its completions are identical. Off when only the prompt is wanted.
+    `system`: the source's system prompt, for rows whose prompt has none."""
+    layouts = {"pairwise": _pairwise, "ranked": _ranked, "ultrafeedback": _ultrafeedback, "sharegpt": _sharegpt}
+    layouts["hh"] = _hh
     try:
-        if layout == "pairwise":
-            example, names = _pairwise(row)
-        elif layout == "ranked":
-            example, names = _ranked(row)
-        elif layout == "ultrafeedback":
-            example, names = _ultrafeedback(row)
-        else:
+        if layout not in layouts:
             raise ValueError(f"unknown layout {layout!r}; layouts: {', '.join(LAYOUT_COLUMNS)}")
+        example, names = layouts[layout](row)
+        if system:
+            example = _with_system(example, system)
         _check(example, names, require_order)
-    except _RowProblem as problem:
+    except RowProblem as problem:
         raise BadRowError(source, index, problem.reason, problem.detail) from None
     return example
 
 
-def adapt_prompt(row: Mapping[str, Any], layout: str, source: str, index: int) -> Text:
+def adapt_prompt(row: Mapping[str, Any], layout: str, source: str, index: int, system: str | None = None) -> Text:
     """The prompt of a row, for online training. A `prompt`-layout row is only checked
     for its prompt; a preference row is adapted (and checked) in full, which is also
     how an implicit prompt is cut out of chosen/rejected conversations."""
     if layout != "prompt":
-        return adapt_row(row, layout, source, index, require_order=False).prompt
+        return adapt_row(row, layout, source, index, require_order=False, system=system).prompt
     try:
-        prompt = _text(_get(row, "prompt"), "prompt")
+        prompt = text(get(row, "prompt"), "prompt")
+        if system:
+            prompt = _with_system(PreferenceExample(prompt, [], []), system).prompt
         _check_prompt(prompt)
-    except _RowProblem as problem:
+    except RowProblem as problem:
         raise BadRowError(source, index, problem.reason, problem.detail) from None
     return prompt
 
@@ -111,30 +138,83 @@ def adapt_prompt(row: Mapping[str, Any], layout: str, source: str, index: int) -
 
 
 def _pairwise(row: Mapping[str, Any]) -> tuple[PreferenceExample, list[str]]:
-    chosen = _text(_get(row, "chosen"), "chosen")
-    rejected = _text(_get(row, "rejected"), "rejected")
-    prompt = _text(_get(row, "prompt"), "prompt") if "prompt" in row else None
+    chosen = text(get(row, "chosen"), "chosen")
+    rejected = text(get(row, "rejected"), "rejected")
+    prompt = text(get(row, "prompt"), "prompt") if "prompt" in row else None
     prompt, completions = _split_prompt(prompt, [chosen, rejected], "chosen/rejected")
     if "score_chosen" in row or "score_rejected" in row:
         scores = [
-            _number(_get(row, "score_chosen"), "score_chosen"),
-            _number(_get(row, "score_rejected"), "score_rejected"),
+            number(get(row, "score_chosen"), "score_chosen"),
+            number(get(row, "score_rejected"), "score_rejected"),
         ]
     else:
         scores = [1.0, 0.0]
     return PreferenceExample(prompt, completions, scores), ["chosen", "rejected"]
 
 
-def _ranked(row: Mapping[str, Any]) -> tuple[PreferenceExample, list[str]]:
-    prompt = _text(_get(row, "prompt"), "prompt")
-    raw = _list(_get(row, "completions"), "completions")
-    completions = [_text(item, f"completions[{i}]") for i, item in enumerate(raw)]
-    if row.get("scores") is not None or "ranks" not in row:
-        values = _list(_get(row, "scores"), "scores")
-        scores = [_number(v, f"scores[{i}]") for i, v in enumerate(values)]
+def _sharegpt(row: Mapping[str, Any]) -> tuple[PreferenceExample, list[str]]:
+    history, chosen, rejected = (_converted(sharegpt_messages, row, c) for c in ("conversations", "chosen", "rejected"))
+    if row.get("system"):
+        history = [{"role": "system", "content": text(row["system"], "system")}, *history]
+    prompt, completions = _split_prompt(history, [chosen, rejected], "chosen/rejected")
+    return PreferenceExample(prompt, completions, [1.0, 0.0], _tools(row.get("tools"))), ["chosen", "rejected"]
+
+
+def _hh(row: Mapping[str, Any]) -> tuple[PreferenceExample, list[str]]:
+    chosen, rejected = (_converted(hh_messages, row, c) for c in ("chosen", "rejected"))
+    prompt, completions = _split_prompt(None, [chosen, rejected], "chosen/rejected")
+    return PreferenceExample(prompt, completions, [1.0, 0.0]), ["chosen", "rejected"]
+
+
+def _converted(convert: Any, row: Mapping[str, Any], column: str) -> list[Message]:
+    value = get(row, column)
+    if convert is hh_messages and not isinstance(value, str):
+        raise RowProblem(WRONG_TYPE, f"column '{column}' should be an HH transcript string, got {kind(value)}")
+    try:
+        return convert(value, column)
+    except ValueError as err:
+        raise RowProblem(WRONG_TYPE, str(err)) from None
+
+
+def _tools(value: Any) -> list[dict] | None:
+    """ShareGPT's `tools`: a JSON string (LLaMA-Factory) or a list of function definitions."""
+    if value in (None, "", []):
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise RowProblem(WRONG_TYPE, f"column 'tools' is not valid JSON: {err}") from None
+    value = [value] if isinstance(value, Mapping) else value
+    if not isinstance(value, list) or not all(isinstance(t, Mapping) for t in value):
+        raise RowProblem(WRONG_TYPE, f"column 'tools' should be a list of function definitions, got {kind(value)}")
+    return [dict(t) for t in value]
+
+
+def _with_system(example: PreferenceExample, system: str) -> PreferenceExample:
+    """The source's system prompt in front of a prompt that has none; a plain-text row
+    becomes a conversation (a system prompt only means something to a chat template)."""
+    prompt = example.prompt
+    if isinstance(prompt, str):
+        prompt = [{"role": "user", "content": prompt}]
+        completions = [c if isinstance(c, list) else [{"role": "assistant", "content": c}] for c in example.completions]
     else:
-        values = _list(_get(row, "ranks"), "ranks")
-        ranks = [_number(v, f"ranks[{i}]") for i, v in enumerate(values)]
+        completions = example.completions
+    if not (prompt and prompt[0]["role"] == "system"):
+        prompt = [{"role": "system", "content": system}, *prompt]
+    return PreferenceExample(prompt, completions, example.scores, example.tools)
+
+
+def _ranked(row: Mapping[str, Any]) -> tuple[PreferenceExample, list[str]]:
+    prompt = text(get(row, "prompt"), "prompt")
+    raw = as_list(get(row, "completions"), "completions")
+    completions = [text(item, f"completions[{i}]") for i, item in enumerate(raw)]
+    if row.get("scores") is not None or "ranks" not in row:
+        values = as_list(get(row, "scores"), "scores")
+        scores = [number(v, f"scores[{i}]") for i, v in enumerate(values)]
+    else:
+        values = as_list(get(row, "ranks"), "ranks")
+        ranks = [number(v, f"ranks[{i}]") for i, v in enumerate(values)]
         # Rank 1 is best: shift so the best gets the highest score and equal ranks stay ties.
         scores = [max(ranks) - r for r in ranks] if ranks else []
     prompt, completions = _split_prompt(prompt, completions, "completions")
@@ -143,15 +223,15 @@ def _ranked(row: Mapping[str, Any]) -> tuple[PreferenceExample, list[str]]:
 
 def _ultrafeedback(row: Mapping[str, Any]) -> tuple[PreferenceExample, list[str]]:
     prompt_column = "instruction" if "instruction" in row else "prompt"
-    prompt = _text(_get(row, prompt_column), prompt_column)
-    records = _list(_get(row, "completions"), "completions")
+    prompt = text(get(row, prompt_column), prompt_column)
+    records = as_list(get(row, "completions"), "completions")
     completions: list[Text] = []
     scores: list[float] = []
     for i, record in enumerate(records):
         where = f"completions[{i}]"
         if not isinstance(record, Mapping):
-            raise _RowProblem(WRONG_TYPE, f"column '{where}' should be a record with a 'response', got {_kind(record)}")
-        completions.append(_text(_get(record, "response", where), f"{where}.response"))
+            raise RowProblem(WRONG_TYPE, f"column '{where}' should be a record with a 'response', got {kind(record)}")
+        completions.append(text(get(record, "response", where), f"{where}.response"))
         scores.append(_ultrafeedback_score(record, where))
     prompt, completions = _split_prompt(prompt, completions, "completions")
     return PreferenceExample(prompt, completions, scores), [f"completions[{i}].response" for i in range(len(records))]
@@ -160,7 +240,7 @@ def _ultrafeedback(row: Mapping[str, Any]) -> tuple[PreferenceExample, list[str]
 def _ultrafeedback_score(record: Mapping[str, Any], where: str) -> float:
     """`overall_score` when present, else the mean of the numeric annotation ratings."""
     if record.get("overall_score") is not None:
-        return _number(record["overall_score"], f"{where}.overall_score")
+        return number(record["overall_score"], f"{where}.overall_score")
     ratings = []
     for aspect in (record.get("annotations") or {}).values():
         if isinstance(aspect, Mapping):
@@ -168,7 +248,7 @@ def _ultrafeedback_score(record: Mapping[str, Any], where: str) -> float:
             if rating is not None:
                 ratings.append(rating)
     if not ratings:
-        raise _RowProblem(
+        raise RowProblem(
             MISSING_SCORE, f"column '{where}' has neither an overall_score nor a numeric annotations rating"
         )
     return sum(ratings) / len(ratings)
@@ -199,7 +279,7 @@ def _split_prompt(prompt: Text | None, completions: list[Text], columns: str) ->
         if prompt is None:
             prompt = _shared_text_prefix([c for c in completions if isinstance(c, str)])
             if not prompt:
-                raise _RowProblem(
+                raise RowProblem(
                     MISSING_COLUMN, f"no 'prompt' column, and {columns} share no leading text to take it from"
                 )
             completions = [c[len(prompt) :] for c in completions]  # type: ignore[index]
@@ -215,7 +295,7 @@ def _split_prompt(prompt: Text | None, completions: list[Text], columns: str) ->
     if shared:
         return conversations[0][:shared], [c[shared:] for c in conversations]
     if prompt is None:
-        raise _RowProblem(MISSING_COLUMN, f"no 'prompt' column, and {columns} share no leading messages")
+        raise RowProblem(MISSING_COLUMN, f"no 'prompt' column, and {columns} share no leading messages")
     return [{"role": "user", "content": prompt}], conversations
 
 
@@ -250,9 +330,9 @@ def _shared_text_prefix(texts: list[str]) -> str:
 
 def _check_prompt(prompt: Text) -> None:
     if isinstance(prompt, str) and not prompt.strip():
-        raise _RowProblem(EMPTY_PROMPT, "column 'prompt' is empty")
+        raise RowProblem(EMPTY_PROMPT, "column 'prompt' is empty")
     if isinstance(prompt, list) and not any(m["content"].strip() for m in prompt):
-        raise _RowProblem(EMPTY_PROMPT, "the prompt messages are empty")
+        raise RowProblem(EMPTY_PROMPT, "the prompt messages are empty")
 
 
 def _check(example: PreferenceExample, names: list[str], require_order: bool) -> None:
@@ -260,14 +340,14 @@ def _check(example: PreferenceExample, names: list[str], require_order: bool) ->
     k = len(example.completions)
     column = "chosen/rejected" if names[:1] == ["chosen"] else "completions"
     if k < 2:
-        raise _RowProblem(TOO_FEW_COMPLETIONS, f"column '{column}' has {k} completion(s); at least 2 are needed")
+        raise RowProblem(TOO_FEW_COMPLETIONS, f"column '{column}' has {k} completion(s); at least 2 are needed")
     if len(example.scores) != k:
-        raise _RowProblem(
+        raise RowProblem(
             SCORE_LENGTH_MISMATCH, f"{len(example.scores)} scores for {k} completions in column '{column}'"
         )
     for name, completion in zip(names, example.completions, strict=True):
         if _is_empty(completion):
-            raise _RowProblem(EMPTY_COMPLETION, f"column '{name}' is empty")
+            raise RowProblem(EMPTY_COMPLETION, f"column '{name}' is empty")
     if not require_order:
         return
     # Two identical completions have identical log-ratios, so a pair of them carries no
@@ -276,14 +356,14 @@ def _check(example: PreferenceExample, names: list[str], require_order: bool) ->
     for i, completion in enumerate(example.completions):
         key = completion if isinstance(completion, str) else repr(completion)
         if key in seen:
-            raise _RowProblem(
+            raise RowProblem(
                 DUPLICATE_COMPLETION,
                 f"column '{names[i]}' is identical to column '{names[seen[key]]}': a pair of equal completions "
                 "carries no preference",
             )
         seen[key] = i
     if len(set(example.scores)) == 1:
-        raise _RowProblem(
+        raise RowProblem(
             ALL_TIED, f"all {k} scores are equal ({example.scores[0]}): no preference order (the loss needs one)"
         )
 
@@ -292,59 +372,3 @@ def _is_empty(completion: Text) -> bool:
     if isinstance(completion, str):
         return not completion.strip()
     return not any(m["content"].strip() for m in completion)
-
-
-# ----------------------------------------------------------------------------- values
-
-
-def _get(row: Mapping[str, Any], column: str, where: str | None = None) -> Any:
-    name = f"{where}.{column}" if where else column
-    if column not in row:
-        raise _RowProblem(MISSING_COLUMN, f"column '{name}' is missing")
-    if row[column] is None:
-        raise _RowProblem(MISSING_COLUMN, f"column '{name}' is None")
-    return row[column]
-
-
-def _text(value: Any, column: str) -> Text:
-    """A string, or a list of {"role", "content"} messages (other keys dropped)."""
-    if value is None:
-        raise _RowProblem(MISSING_COLUMN, f"column '{column}' is None")
-    if isinstance(value, str):
-        return value
-    if isinstance(value, Sequence) and not isinstance(value, (bytes, Mapping)):
-        messages = []
-        for i, message in enumerate(value):
-            if not (
-                isinstance(message, Mapping)
-                and isinstance(message.get("role"), str)
-                and isinstance(message.get("content"), str)
-            ):
-                raise _RowProblem(
-                    WRONG_TYPE,
-                    f"column '{column}' message {i} should have string 'role' and 'content', got {message!r}",
-                )
-            messages.append({"role": message["role"], "content": message["content"]})
-        return messages
-    raise _RowProblem(WRONG_TYPE, f"column '{column}' should be a string or a list of messages, got {_kind(value)}")
-
-
-def _list(value: Any, column: str) -> list[Any]:
-    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
-        raise _RowProblem(WRONG_TYPE, f"column '{column}' should be a list, got {_kind(value)}")
-    return list(value)
-
-
-def _number(value: Any, column: str) -> float:
-    if value is None:
-        raise _RowProblem(MISSING_COLUMN, f"column '{column}' is None")
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise _RowProblem(WRONG_TYPE, f"column '{column}' should be a number, got {_kind(value)}")
-    if not math.isfinite(float(value)):
-        raise _RowProblem(NONFINITE_SCORE, f"column '{column}' is {value}")
-    return float(value)
-
-
-def _kind(value: Any) -> str:
-    text = repr(value)
-    return f"{type(value).__name__} {text[:60] + '...' if len(text) > 60 else text}"

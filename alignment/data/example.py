@@ -14,11 +14,13 @@ class PreferenceExample:
     """A prompt with K >= 2 scored completions (higher score is better, equal is a tie).
 
     `prompt` is a string or a list of chat messages; each completion is a string or a
-    list of (assistant) messages. Pairwise data is K = 2 with scores [1, 0]."""
+    list of (assistant) messages. Pairwise data is K = 2 with scores [1, 0]. `tools`,
+    when given, is passed to the chat template with every rendering of the row."""
 
     prompt: Text
     completions: list[Text]
     scores: list[float]
+    tools: list[dict] | None = None  # function definitions for the chat template (ShareGPT's `tools`)
 
 
 class DataError(ValueError):

@@ -20,9 +20,11 @@ import pyarrow.compute as pc
 
 from alignment.config import DataConfig, SourceConfig
 from alignment.data import adapters as adapters_module
+from alignment.data import conversations as conversations_module
 from alignment.data import example as example_module
+from alignment.data import fields as fields_module
 from alignment.data import sources as sources_module
-from alignment.data.adapters import adapt_row, detect_layout
+from alignment.data.adapters import adapt_row, detect_layout, renamed
 from alignment.data.example import BadRowError, DataError
 from alignment.data.sources import RawSource, load_source, mix, row_dicts, source_label, take_fraction
 from alignment.data.tokenize import STATS_COLUMNS, resolve_chat_template, tokenize_dataset
@@ -46,7 +48,10 @@ BOOKKEEPING_COLUMNS = ["_index", "_bad_reason", "_bad_detail"]
 # `datasets` fingerprints a module-level function by its name only; salting the map with
 # the adapters' source makes edited adapters recompute instead of reusing a stale cache.
 ADAPT_CODE_VERSION = hashlib.sha256(
-    b"".join(Path(module.__file__).read_bytes() for module in (adapters_module, example_module, sources_module))
+    b"".join(
+        Path(module.__file__).read_bytes()
+        for module in (adapters_module, conversations_module, example_module, fields_module, sources_module)
+    )
     + Path(__file__).read_bytes()
 ).hexdigest()[:16]
 
@@ -212,7 +217,7 @@ def _prepare_source(
         )
     report = SourceReport(source=label, split=split, layout=layout, rows_loaded=len(raw))
 
-    adapted = _adapt_dataset(raw.rows, layout, label, require_order, cfg.num_proc)
+    adapted = _adapt_dataset(raw.rows, layout, label, require_order, cfg.num_proc, src)
     adapted = _apply_policy(adapted, cfg.bad_rows, label, report, cfg.num_proc)
     # The fraction is taken of the good rows, so it is the share of usable data.
     adapted = take_fraction(adapted, src.fraction, cfg.seed)
@@ -246,16 +251,19 @@ def source_layout(raw: RawSource, src: SourceConfig, label: str, policy: str) ->
             _, reason, detail = next(row_dicts(raw.rows[:1]))
             raise BadRowError(label, 0, reason, detail)
         return "unknown"
+    columns = renamed(dict.fromkeys(raw.columns), src.columns)
+    first = next((row for row, _, _ in row_dicts(raw.rows[:16]) if row is not None), None)
     try:
-        return detect_layout(raw.columns)
+        return detect_layout(columns, None if first is None else renamed(first, src.columns))
     except ValueError as err:
         raise DataError(f"data source {label}: {err}") from None
 
 
 def _adapt_dataset(
-    raw: datasets.Dataset, layout: str, label: str, require_order: bool, num_proc: int | None
+    raw: datasets.Dataset, layout: str, label: str, require_order: bool, num_proc: int | None, src: SourceConfig
 ) -> datasets.Dataset:
-    """Rows -> JSON-encoded PreferenceExamples, bad rows marked in `_bad_reason`."""
+    """Rows -> JSON-encoded PreferenceExamples, bad rows marked in `_bad_reason`; the
+    source's column mapping and system prompt are applied to each row."""
     if len(raw) == 0:  # map would give an empty dataset none of the new columns
         return _empty(ADAPTED_FEATURES)
     return raw.map(
@@ -266,6 +274,8 @@ def _adapt_dataset(
             "layout": layout,
             "source": label,
             "require_order": require_order,
+            "columns": src.columns,
+            "system": src.system,
             "code_version": ADAPT_CODE_VERSION,
         },
         remove_columns=raw.column_names,
@@ -276,14 +286,22 @@ def _adapt_dataset(
 
 
 def _adapt_batch(
-    batch: dict[str, list[Any]], indices: list[int], *, layout: str, source: str, require_order: bool, code_version: str
+    batch: dict[str, list[Any]],
+    indices: list[int],
+    *,
+    layout: str,
+    source: str,
+    require_order: bool,
+    columns: dict[str, str] | None,
+    system: str | None,
+    code_version: str,
 ) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {name: [] for name in ADAPTED_FEATURES}
     for (row, reason, detail), index in zip(row_dicts(batch), indices, strict=True):
         try:
             if row is None:  # the reader found the row bad (a malformed JSON line)
                 raise BadRowError(source, index, reason, detail)
-            adapted = adapt_row(row, layout, source, index, require_order)
+            adapted = adapt_row(renamed(row, columns), layout, source, index, require_order, system)
         except BadRowError as err:
             out["example"].append("")
             out["scores"].append([])
@@ -291,6 +309,8 @@ def _adapt_batch(
             out["_bad_detail"].append(err.detail)
         else:
             fields = {"prompt": adapted.prompt, "completions": adapted.completions}
+            if adapted.tools is not None:
+                fields["tools"] = adapted.tools
             out["example"].append(json.dumps(fields, ensure_ascii=False))
             out["scores"].append(adapted.scores)
             out["_bad_reason"].append("")

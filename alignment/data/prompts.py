@@ -17,9 +17,11 @@ import datasets
 
 from alignment.config import DataConfig, SourceConfig
 from alignment.data import adapters as adapters_module
+from alignment.data import conversations as conversations_module
+from alignment.data import fields as fields_module
 from alignment.data import sources as sources_module
 from alignment.data import tokenize as tokenize_module
-from alignment.data.adapters import adapt_prompt
+from alignment.data.adapters import adapt_prompt, renamed
 from alignment.data.example import BadRowError
 from alignment.data.pipeline import (
     BOOKKEEPING_COLUMNS,
@@ -49,7 +51,10 @@ PROMPT_FEATURES = datasets.Features(
 
 # Salts the map's cache fingerprint, which `datasets` takes from the function's name only.
 CODE_VERSION = hashlib.sha256(
-    b"".join(Path(m.__file__).read_bytes() for m in (adapters_module, sources_module, tokenize_module))
+    b"".join(
+        Path(m.__file__).read_bytes()
+        for m in (adapters_module, conversations_module, fields_module, sources_module, tokenize_module)
+    )
     + Path(__file__).read_bytes()
 ).hexdigest()[:16]
 
@@ -105,6 +110,8 @@ def _prepare_source(
                 "tokenizer": tokenizer,
                 "chat_template": chat_template,
                 "max_prompt_length": cfg.max_prompt_length,
+                "columns": src.columns,
+                "system": src.system,
                 "code_version": CODE_VERSION,
             },
             remove_columns=raw.rows.column_names,
@@ -129,6 +136,8 @@ def _prompt_batch(
     tokenizer: Any,
     chat_template: str | None,
     max_prompt_length: int | None,
+    columns: dict[str, str] | None,
+    system: str | None,
     code_version: str,
 ) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {name: [] for name in PROMPT_FEATURES}
@@ -137,7 +146,7 @@ def _prompt_batch(
         try:
             if row is None:  # the reader found the row bad (a malformed JSON line)
                 raise BadRowError(source, index, reason, detail)
-            prompt = adapt_prompt(row, layout, source, index)
+            prompt = adapt_prompt(renamed(row, columns), layout, source, index, system)
             ids = prompt_token_ids(prompt, tokenizer, chat_template)
         except BadRowError as err:
             fields.update(_bad_reason=err.reason, _bad_detail=err.detail)

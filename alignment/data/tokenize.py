@@ -68,7 +68,9 @@ def tokenize_example(
     Raises BadRowError("prompt_fills_max_length") when the prompt leaves no room for a
     completion, and DataError when conversational data has no chat template."""
     if isinstance(example, Mapping):
-        example = PreferenceExample(example["prompt"], list(example["completions"]), list(example["scores"]))
+        example = PreferenceExample(
+            example["prompt"], list(example["completions"]), list(example["scores"]), example.get("tools")
+        )
     if isinstance(example.prompt, str):
         prompt_ids, completion_ids = _tokenize_text(example, tokenizer)
     else:
@@ -140,10 +142,11 @@ def _tokenize_chat(
 ) -> tuple[list[int], list[list[int]]]:
     _require_chat_template(tokenizer, chat_template)
     prompt = list(example.prompt)
-    prompt_text = _render(tokenizer, prompt, chat_template, add_generation_prompt=True)
+    prompt_text = _render(tokenizer, prompt, chat_template, add_generation_prompt=True, tools=example.tools)
     completion_texts = []
     for completion in example.completions:
-        full_text = _render(tokenizer, prompt + list(completion), chat_template, add_generation_prompt=False)
+        conversation = prompt + list(completion)
+        full_text = _render(tokenizer, conversation, chat_template, add_generation_prompt=False, tools=example.tools)
         if not full_text.startswith(prompt_text):
             raise ValueError(
                 "the chat template does not render the conversation as the prompt (with generation prompt) "
@@ -158,9 +161,19 @@ def _tokenize_chat(
     return prompt_ids, completion_ids
 
 
-def _render(tokenizer: Any, messages: list[Any], chat_template: str | None, add_generation_prompt: bool) -> str:
+def _render(
+    tokenizer: Any,
+    messages: list[Any],
+    chat_template: str | None,
+    add_generation_prompt: bool,
+    tools: list[dict] | None = None,
+) -> str:
     return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=chat_template
+        messages,
+        tokenize=False,
+        add_generation_prompt=add_generation_prompt,
+        chat_template=chat_template,
+        tools=tools,
     )
 
 
@@ -199,7 +212,7 @@ def _tokenize_batch(batch: dict[str, list[Any]], code_version: str, **kwargs: An
     out: dict[str, list[Any]] = {name: [] for name in TOKENIZED_FEATURES}
     for encoded, scores, index in zip(batch["example"], batch["scores"], batch["_index"], strict=True):
         fields = json.loads(encoded)
-        example = PreferenceExample(fields["prompt"], fields["completions"], scores)
+        example = PreferenceExample(fields["prompt"], fields["completions"], scores, fields.get("tools"))
         try:
             row = tokenize_example(example, **kwargs)
             row.update(_bad_reason="", _bad_detail="")

