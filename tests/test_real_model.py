@@ -173,22 +173,42 @@ def test_the_sampler_stops_at_im_end(policy, tokenizer):
     assert first.endswith("<|im_end|>") and "7" in first  # "What is 3+4?"
 
 
-def _train(smollm2, tokenizer, tmp_path, steps: int, **model_kwargs):
+def arithmetic(n: int, seed: int) -> list[dict]:
+    """Chat pairs "What is a+b?": the right sum, said plainly, over a hedged wrong one."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a, b = rng.randint(10, 60), rng.randint(10, 39)
+        wrong = a + b + rng.choice([-10, -2, -1, 1, 2, 10])
+        rows.append(
+            {
+                "prompt": [user(f"What is {a}+{b}?")],
+                "chosen": assistant(f"{a}+{b} = {a + b}."),
+                "rejected": assistant(f"I am not sure. Maybe {wrong}?"),
+            }
+        )
+    return rows
+
+
+def _train(smollm2, tokenizer, tmp_path, steps: int, rows=None, eval_rows=None, lr=None, **model_kwargs):
     from alignment.config import DataConfig, SourceConfig
     from alignment.data import build_datasets
     from alignment.trainers import AlignmentTrainingArguments, PreferenceTrainer
     from tests.helpers import write_jsonl
 
-    path = write_jsonl(tmp_path / "rows.jsonl", ROWS * 2)
-    data = build_datasets(
-        DataConfig(train=[SourceConfig(path=str(path))], max_length=96, max_prompt_length=64), tokenizer
-    ).train
+    sources = {"train": write_jsonl(tmp_path / "rows.jsonl", rows or ROWS * 2)}
+    if eval_rows:
+        sources["test"] = write_jsonl(tmp_path / "held_out.jsonl", eval_rows)
+    splits = {split: [SourceConfig(path=str(path))] for split, path in sources.items()}
+    data = build_datasets(DataConfig(**splits, max_length=96, max_prompt_length=64), tokenizer)
     model = load_policy(ModelConfig(name_or_path=str(smollm2), dtype="float32"), **model_kwargs)
     args = AlignmentTrainingArguments(
         output_dir=str(tmp_path / "out"),
         max_steps=steps,
         per_device_train_batch_size=4,
-        learning_rate=1e-3 if "lora" in model_kwargs else 2e-5,
+        learning_rate=lr or (1e-3 if "lora" in model_kwargs else 2e-5),
         use_cpu=True,
         report_to="none",
         save_strategy="no",
@@ -204,19 +224,22 @@ def _train(smollm2, tokenizer, tmp_path, steps: int, **model_kwargs):
         loss_fn=get_loss("dpo", beta=0.1),
         reference=reference,
         processing_class=tokenizer,
-        train_dataset=data,
+        train_dataset=data.train,
+        eval_dataset=data.test,
     )
     if reference == "precompute":
         trainer.precompute_reference({"test": "smollm2"}, batch_size=3)  # other batches than training's
+    held_out = [trainer.evaluate()["eval_loss"]] if eval_rows else []
     trainer.train()
-    return [e for e in trainer.state.log_history if "loss" in e and "train_runtime" not in e]
+    held_out += [trainer.evaluate()["eval_loss"]] if eval_rows else []
+    return [e for e in trainer.state.log_history if "loss" in e and "train_runtime" not in e], held_out
 
 
 def test_precomputed_reference_gives_exact_ties_at_step_1(smollm2, tokenizer, tmp_path):
     """The precompute pass (batches of 3) and step 1 (batches of 4) see the same policy:
     with the default forward the log-ratios are exactly 0, so the margins are 0 and the
     accuracy is exactly chance."""
-    logs = _train(smollm2, tokenizer, tmp_path, steps=2)
+    logs, _ = _train(smollm2, tokenizer, tmp_path, steps=2)
     assert logs[0]["rewards/margins"] == 0.0 and logs[0]["rewards/chosen"] == 0.0
     assert logs[0]["reward_accuracy"] == 0.5 and logs[0]["loss"] == float32_approx(0.6931471805599453, ulps=1)
     assert logs[1]["rewards/margins"] > 0  # one step of DPO already separates them
@@ -229,6 +252,16 @@ def test_lora_and_qlora_train_on_it(smollm2, tokenizer, tmp_path, quantized):
     kwargs = {"lora": LoraConfig(r=8, alpha=16, dropout=0.0)}
     if quantized:
         kwargs["quantization"] = QuantizationConfig(bits=4, compute_dtype="float32")
-    logs = _train(smollm2, tokenizer, tmp_path, steps=3, **kwargs)
+    logs, _ = _train(smollm2, tokenizer, tmp_path, steps=3, **kwargs)
     assert logs[0]["loss"] == float32_approx(0.6931471805599453, ulps=1)  # adapters start at zero: policy == base
     assert logs[-1]["loss"] < logs[0]["loss"] and logs[-1]["rewards/margins"] > 0
+
+
+def test_a_few_dpo_steps_lower_the_loss_on_held_out_pairs(smollm2, tokenizer, tmp_path):
+    """Full DPO on 24 arithmetic pairs, 6 steps: the loss on 8 other pairs falls below
+    its step-0 value of ln 2 (policy == reference)."""
+    _, (before, after) = _train(
+        smollm2, tokenizer, tmp_path, steps=6, rows=arithmetic(24, 0), eval_rows=arithmetic(8, 1)
+    )
+    assert before == float32_approx(0.6931471805599453, ulps=1)
+    assert after < before / 2, (before, after)  # from ln 2 to well below it

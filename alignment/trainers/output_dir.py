@@ -88,9 +88,13 @@ def checkpoint_parts(model: nn.Module, args: Any) -> dict[str, int]:
     return parts
 
 
+def _save_strategy(args: Any) -> str:
+    return str(getattr(args.save_strategy, "value", args.save_strategy))  # an enum once TrainingArguments has run
+
+
 def _advice(args: Any, parts: dict[str, int]) -> str:
     tips = []
-    if str(getattr(args.save_strategy, "value", args.save_strategy)) != "no":
+    if _save_strategy(args) != "no":
         tips.append(f"training.save_total_limit (now {args.save_total_limit}) to keep fewer checkpoints")
         if "optimizer state" in parts:
             tips.append(
@@ -104,7 +108,7 @@ def _advice(args: Any, parts: dict[str, int]) -> str:
 def check_free_space(model: nn.Module, args: Any) -> None:
     """Refuse a run whose output filesystem cannot hold a single checkpoint (or, with
     `save_strategy: no`, the final model), before anything is written."""
-    saves_checkpoints = str(getattr(args.save_strategy, "value", args.save_strategy)) != "no"
+    saves_checkpoints = _save_strategy(args) != "no"
     parts = checkpoint_parts(model, args) if saves_checkpoints else {"weights": weights_bytes(model)}
     needed, free = sum(parts.values()), free_bytes(args.output_dir)
     if free >= needed:
@@ -127,7 +131,7 @@ class DiskSpaceForecast(TrainerCallback):
         self.parts = parts
 
     def on_train_begin(self, args, state, control, **kwargs):
-        strategy = str(getattr(args.save_strategy, "value", args.save_strategy))
+        strategy = _save_strategy(args)
         if not state.is_world_process_zero or strategy not in ("steps", "epoch") or state.max_steps <= 0:
             return
         if strategy == "steps":
