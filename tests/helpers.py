@@ -75,3 +75,24 @@ def collate(dataset) -> dict[str, torch.Tensor]:
 def tiny_rows(kind: str = "pairs", split: str = "train", n: int = 8) -> list[dict]:
     lines = (TINY / "data" / f"{kind}_{split}.jsonl").read_text().splitlines()[:n]
     return [json.loads(line) for line in lines]
+
+
+def trl_dpo_trainer(policy, reference, rows: list[dict], tokenizer, output_dir: Path, loss_type: str, **kwargs):
+    """TRL's DPOTrainer, the oracle, on CPU in float32 with `rows` as one batch and no
+    truncation (DPOConfig defaults to bf16 and gradient checkpointing)."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    args = DPOConfig(
+        output_dir=str(output_dir),
+        loss_type=[loss_type],
+        per_device_train_batch_size=len(rows),
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        report_to="none",
+        max_length=None,
+        **kwargs,
+    )
+    dataset = Dataset.from_list(rows)
+    return DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=dataset, processing_class=tokenizer)

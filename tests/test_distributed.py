@@ -15,6 +15,9 @@ import pytest
 from tests.helpers import float32_approx
 from tests.launch import accelerate_launch, logged, train
 
+# Each test launches training runs (seconds to a minute each): the full suite runs them, the fast tier does not.
+pytestmark = pytest.mark.slow
+
 COMMON = [
     "--training.max_steps=3",
     "--training.logging_steps=1",

@@ -26,6 +26,7 @@ from tests.launch import ENV, ROOT, log_history, train, train_command
 DIVERGE = ["--training.learning_rate=1.0e+6", "--training.max_steps=20", "--training.logging_steps=1"]
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_the_step_and_batch(tmp_path):
     out = tmp_path / "run"
     proc = train("dpo", out, *DIVERGE, "--training.eval_on_start=false", check=False)
@@ -39,6 +40,7 @@ def test_nan_loss_stops_with_the_step_and_batch(tmp_path):
     assert not (out / "model.safetensors").exists() and not (out / "eval_results.json").exists()
 
 
+@pytest.mark.slow
 def test_nan_loss_skip_counts_and_finishes(tmp_path):
     out = tmp_path / "run"
     train("dpo", out, *DIVERGE, "--training.nonfinite_loss=skip", "--training.eval_on_start=false")
@@ -47,6 +49,7 @@ def test_nan_loss_skip_counts_and_finishes(tmp_path):
     assert (out / "eval_results.json").exists()
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_exits_and_resumes(tmp_path):
     out = tmp_path / "run"
     overrides = ["--training.max_steps=400", "--training.save_steps=1000", "--training.logging_steps=5"]
@@ -93,6 +96,7 @@ def _wait_for(proc: subprocess.Popen, phrase: str, seen: list[str]) -> None:
     raise AssertionError("".join(seen)[-3000:])
 
 
+@pytest.mark.slow
 def test_first_ctrl_c_saves_a_checkpoint_at_that_step_and_exits(tmp_path):
     """SIGINT is what a terminal's Ctrl-C sends: the step in progress finishes, is saved
     as a marked checkpoint, and the run stops there with one line and status 130."""
@@ -120,6 +124,7 @@ def test_first_ctrl_c_saves_a_checkpoint_at_that_step_and_exits(tmp_path):
     assert not (out / "eval_results.json").exists()
 
 
+@pytest.mark.slow
 def test_second_ctrl_c_stops_at_once_without_saving(tmp_path):
     """Long steps (all 125 batches of an epoch accumulated into each, several seconds),
     so that the second Ctrl-C lands inside the step the first one asked to finish."""
@@ -193,6 +198,7 @@ def test_damaged_checkpoints_are_never_loaded(checkpoint, damage, phrase, tmp_pa
         resolve_resume(str(checkpoint), str(checkpoint.parent))
 
 
+@pytest.mark.slow
 def test_resuming_a_corrupted_checkpoint_fails_in_seconds(checkpoint, tmp_path):
     (checkpoint / "optimizer.pt").write_bytes(b"\0" * 2048)
     start = time.monotonic()

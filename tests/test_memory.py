@@ -8,11 +8,15 @@ import re
 from pathlib import Path
 
 import datasets
+import pytest
 
 from alignment.config import load_config
 from alignment.trainers.memory import longest_rows, out_of_memory_advice
 from tests.helpers import float32_approx
 from tests.launch import log_history, train
+
+# Each test launches training runs (seconds to a minute each): the full suite runs them, the fast tier does not.
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,6 +17,9 @@ from alignment.online.arithmetic_judge import closer_to_sum
 from tests.helpers import ASSISTANT, EOS, char_ids, tiny_tokenizer, write_jsonl
 from tests.launch import accelerate_launch, log_history, train
 
+# Each test launches training runs (seconds to a minute each): the full suite runs them, the fast tier does not.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 ONLINE_RECIPES = ["nash_md", "online_ipo", "ipo_md", "online_dpo"]
 

@@ -30,6 +30,9 @@ from alignment.online.tabular import (
 from alignment.trainers import AlignmentTrainingArguments
 from alignment.trainers.online import OnlineTrainer
 
+# Each test launches training runs (seconds to a minute each): the full suite runs them, the fast tier does not.
+pytestmark = pytest.mark.slow
+
 VOCAB = ["<pad>", "<eos>", "a", "b", "c", "d", "e"]
 ANSWERS = ["a", "b", "c", "d", "e", ""]  # "" is no answer: pad or EOS
 PROMPT_ID = VOCAB.index("a")

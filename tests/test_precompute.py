@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from alignment.config import ModelConfig, ReferenceConfig
 from alignment.reference import reference_fingerprint, reference_identity
 from tests.helpers import TINY, float32_approx, tiny_rows, tokenized
 from tests.launch import logged, train
+
+# Each test launches training runs (seconds to a minute each): the full suite runs them, the fast tier does not.
+pytestmark = pytest.mark.slow
 
 STEPS = ["--training.max_steps=6", "--training.logging_steps=1", "--training.eval_on_start=true"]
 

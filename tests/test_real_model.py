@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from datasets import Dataset
 from transformers import AutoConfig
 
 from alignment.config import ModelConfig
@@ -19,7 +18,7 @@ from alignment.gguf import SMOLLM2_GGUF, smollm2_checkpoint, smollm2_gguf
 from alignment.logprobs import sequence_logps
 from alignment.losses import SequenceLogps, get_loss
 from alignment.models import load_policy, load_tokenizer
-from tests.helpers import float32_approx
+from tests.helpers import float32_approx, trl_dpo_trainer
 
 pytestmark = pytest.mark.slow
 
@@ -79,23 +78,8 @@ def reference(smollm2):
 
 
 @pytest.fixture(scope="module")
-def trl_trainer(smollm2, policy, reference, tokenizer, tmp_path_factory):
-    from trl import DPOConfig, DPOTrainer
-
-    args = DPOConfig(
-        output_dir=str(tmp_path_factory.mktemp("trl")),
-        loss_type=["sigmoid"],
-        beta=0.1,
-        per_device_train_batch_size=len(ROWS),
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        report_to="none",
-        max_length=None,
-    )
-    return DPOTrainer(
-        model=policy, ref_model=reference, args=args, train_dataset=Dataset.from_list(ROWS), processing_class=tokenizer
-    )
+def trl_trainer(policy, reference, tokenizer, tmp_path_factory):
+    return trl_dpo_trainer(policy, reference, ROWS, tokenizer, tmp_path_factory.mktemp("trl"), "sigmoid", beta=0.1)
 
 
 def test_the_checkpoint_is_smollm2_as_a_plain_model(smollm2, policy, tokenizer):

@@ -15,6 +15,9 @@ from alignment.trainers.checkpoints import COMPLETE_MARKER, CheckpointError, lat
 from tests.helpers import float32_approx
 from tests.launch import ENV, ROOT, logged, train, train_command
 
+# Each test launches training runs (seconds to a minute each): the full suite runs them, the fast tier does not.
+pytestmark = pytest.mark.slow
+
 ARGS = [
     "--training.max_steps=150",
     "--training.save_strategy=steps",

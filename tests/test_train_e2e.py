@@ -12,6 +12,9 @@ import pytest
 from tests.helpers import float32_approx
 from tests.launch import ROOT, log_history, run, train
 
+# Each test launches training runs (seconds to a minute each): the full suite runs them, the fast tier does not.
+pytestmark = pytest.mark.slow
+
 
 def test_tiny_dpo_recipe_learns_the_task(tmp_path):
     out = tmp_path / "dpo"

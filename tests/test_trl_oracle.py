@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from datasets import Dataset
-from trl import DPOConfig, DPOTrainer
 
 from alignment.logprobs import sequence_logps
 from alignment.losses import SequenceLogps, get_loss
-from tests.helpers import collate, float32_approx, tiny_model, tiny_rows, tiny_tokenizer, tokenized
+from tests.helpers import collate, float32_approx, tiny_model, tiny_rows, tiny_tokenizer, tokenized, trl_dpo_trainer
 
 CASES = [
     # (our loss, our params, TRL loss_type, TRL kwargs)
@@ -33,24 +31,7 @@ def rows():
 
 def trl_loss(rows, loss_type, kwargs, tmp_path) -> float:
     policy, reference = tiny_model(seed=0), tiny_model(seed=1)
-    args = DPOConfig(
-        output_dir=str(tmp_path / "trl"),
-        loss_type=[loss_type],
-        per_device_train_batch_size=len(rows),
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        report_to="none",
-        max_length=None,
-        **kwargs,
-    )
-    trainer = DPOTrainer(
-        model=policy,
-        ref_model=reference,
-        args=args,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tiny_tokenizer(),
-    )
+    trainer = trl_dpo_trainer(policy, reference, rows, tiny_tokenizer(), tmp_path / "trl", loss_type, **kwargs)
     batch = next(iter(trainer.get_train_dataloader()))
     assert batch["input_ids"].shape[0] == 2 * len(rows)  # the whole set in one batch: order cannot matter
     trainer.model.eval()
