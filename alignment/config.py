@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
+from alignment.config_combinations import check_online, resolve_reference
 from alignment.config_schema import SECTIONS, ConfigError, DuplicateKeyError, _build, _coerce, read_yaml
 from alignment.online.config import OnlineConfig
 from alignment.overrides import apply_overrides, parse_override
@@ -341,8 +342,8 @@ def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None
     data = _build(DataConfig, raw.get("data"), "data")
     online = None if raw.get("online") is None else _build(OnlineConfig, raw["online"], "online")
     training = _validate_training(raw.get("training") or {})
-    _resolve_reference(reference, loss, lora)
-    _check_online(online, loss, reference)
+    resolve_reference(reference, loss, lora)
+    check_online(online, loss, reference)
     if quantization is not None and lora is None:
         raise ConfigError(
             "quantization: quantized weights cannot be fully fine-tuned; add a `lora:` section (QLoRA) "
@@ -378,56 +379,6 @@ def _optional_section(cls: type, raw: dict[str, Any], name: str):
         return None
     section = _build(cls, raw[name], name)
     return section if section.enabled else None
-
-
-def _resolve_reference(reference: ReferenceConfig, loss: list[LossSpec], lora: LoraConfig | None) -> None:
-    """Turn `auto` into a concrete reference and reject combinations that cannot work."""
-    from alignment.losses import loss_class
-
-    needing = [s.name for s in loss if loss_class(s.name).needs_reference]
-    if reference.type == "auto":
-        reference.type = ("adapter" if lora is not None else "model") if needing else "none"
-    if reference.type == "none" and needing:
-        raise ConfigError(
-            f"reference: 'none' but loss {', '.join(needing)} needs a reference; "
-            "use reference: model, adapter (with lora) or precompute"
-        )
-    if reference.type == "precompute" and not needing:
-        raise ConfigError(
-            "reference: 'precompute' but no loss term needs a reference "
-            f"({', '.join(s.name for s in loss)} are reference-free); use reference: none"
-        )
-    if reference.type == "adapter":
-        if lora is None:
-            raise ConfigError(
-                "reference: 'adapter' means the policy with its LoRA adapters disabled; add a `lora:` section"
-            )
-        if reference.name_or_path is not None or reference.init_seed is not None:
-            raise ConfigError(
-                "reference: 'adapter' is the policy's own base weights; reference.name_or_path and "
-                "reference.init_seed apply to 'model' and 'precompute' only"
-            )
-
-
-def _check_online(online: OnlineConfig | None, loss: list[LossSpec], reference: ReferenceConfig) -> None:
-    """Online losses need the `online:` section, and online training a live reference."""
-    from alignment.losses import loss_class
-
-    online_only = [s.name for s in loss if loss_class(s.name).online_only]
-    if online is None:
-        if online_only:
-            raise ConfigError(
-                f"loss {', '.join(online_only)} learns from completions sampled during training: add an `online:` "
-                "section (sampler and judge), or use an offline loss"
-            )
-        return
-    if reference.type == "precompute":
-        raise ConfigError(
-            "reference: 'precompute' cannot work online (new completions are sampled every step); "
-            "use reference: model, or adapter with lora"
-        )
-    if reference.type == "none" and online.sampler != "policy":
-        raise ConfigError(f"online.sampler: {online.sampler!r} samples from the reference, but reference is 'none'")
 
 
 def dump_config(config: Config) -> str:
