@@ -96,3 +96,18 @@ def trl_dpo_trainer(policy, reference, rows: list[dict], tokenizer, output_dir: 
     )
     dataset = Dataset.from_list(rows)
     return DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=dataset, processing_class=tokenizer)
+
+
+def batch_logps(policy, reference, batch: dict[str, torch.Tensor]):
+    """Our loss input for a collated batch, through `sequence_logps` (no grad)."""
+    from alignment.logprobs import sequence_logps
+    from alignment.losses import SequenceLogps
+
+    with torch.no_grad():
+        return SequenceLogps(
+            policy=sequence_logps(policy, batch),
+            reference=sequence_logps(reference, batch),
+            scores=batch["scores"],
+            mask=batch["mask"],
+            lengths=batch["lengths"],
+        )

@@ -15,10 +15,9 @@ from alignment.data.adapters import adapt_row
 from alignment.data.collator import PreferenceCollator
 from alignment.data.tokenize import tokenize_example
 from alignment.gguf import SMOLLM2_GGUF, smollm2_checkpoint, smollm2_gguf
-from alignment.logprobs import sequence_logps
-from alignment.losses import SequenceLogps, get_loss
+from alignment.losses import get_loss
 from alignment.models import load_policy, load_tokenizer
-from tests.helpers import float32_approx, trl_dpo_trainer
+from tests.helpers import batch_logps, float32_approx, trl_dpo_trainer
 
 pytestmark = pytest.mark.slow
 
@@ -122,14 +121,7 @@ def test_dpo_loss_equals_trl_on_the_real_model(trl_trainer, policy, reference, t
     with torch.no_grad():
         theirs = trl_trainer.compute_loss(trl_trainer.model, batch).item()
         ours_batch = PreferenceCollator(pad_token_id=tokenizer.pad_token_id)(_ours(tokenizer))
-        logps = SequenceLogps(
-            policy=sequence_logps(policy, ours_batch),
-            reference=sequence_logps(reference, ours_batch),
-            scores=ours_batch["scores"],
-            mask=ours_batch["mask"],
-            lengths=ours_batch["lengths"],
-        )
-        ours = get_loss("dpo", beta=0.1)(logps).loss.item()
+        ours = get_loss("dpo", beta=0.1)(batch_logps(policy, reference, ours_batch)).loss.item()
     assert abs(ours - 0.6931471805599453) > 1e-3  # the reference differs
     assert ours == float32_approx(theirs, ulps=16) and abs(ours - theirs) < 1e-5
 

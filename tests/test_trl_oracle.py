@@ -9,9 +9,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from alignment.logprobs import sequence_logps
-from alignment.losses import SequenceLogps, get_loss
-from tests.helpers import collate, float32_approx, tiny_model, tiny_rows, tiny_tokenizer, tokenized, trl_dpo_trainer
+from alignment.losses import get_loss
+from tests.helpers import (
+    batch_logps,
+    collate,
+    float32_approx,
+    tiny_model,
+    tiny_rows,
+    tiny_tokenizer,
+    tokenized,
+    trl_dpo_trainer,
+)
 
 CASES = [
     # (our loss, our params, TRL loss_type, TRL kwargs)
@@ -42,14 +50,8 @@ def trl_loss(rows, loss_type, kwargs, tmp_path) -> float:
 def our_loss(rows, name, params, tmp_path) -> tuple[float, float]:
     policy, reference = tiny_model(seed=0).eval(), tiny_model(seed=1).eval()
     batch = collate(tokenized(rows, tmp_path, max_length=None, max_prompt_length=None))
+    logps = batch_logps(policy, reference, batch)
     with torch.no_grad():
-        logps = SequenceLogps(
-            policy=sequence_logps(policy, batch),
-            reference=sequence_logps(reference, batch),
-            scores=batch["scores"],
-            mask=batch["mask"],
-            lengths=batch["lengths"],
-        )
         out = get_loss(name, **params)(logps)
     return out.loss.item(), get_loss("dpo")(logps).loss.item()
 

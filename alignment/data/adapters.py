@@ -104,12 +104,10 @@ def adapt_row(
     `require_order`: the row must teach an order -- its scores are not all tied and no
     two of its completions are identical. Off when only the prompt is wanted.
     `system`: the source's system prompt, for rows whose prompt has none."""
-    layouts = {"pairwise": _pairwise, "ranked": _ranked, "ultrafeedback": _ultrafeedback, "sharegpt": _sharegpt}
-    layouts["hh"] = _hh
     try:
-        if layout not in layouts:
+        if layout not in LAYOUT_READERS:
             raise ValueError(f"unknown layout {layout!r}; layouts: {', '.join(LAYOUT_COLUMNS)}")
-        example, names = layouts[layout](row)
+        example, names = LAYOUT_READERS[layout](row)
         if system:
             example = _with_system(example, system)
         _check(example, names, require_order)
@@ -263,6 +261,15 @@ def _parse_rating(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return rating if math.isfinite(rating) else None
+
+
+LAYOUT_READERS = {
+    "pairwise": _pairwise,
+    "ranked": _ranked,
+    "ultrafeedback": _ultrafeedback,
+    "sharegpt": _sharegpt,
+    "hh": _hh,
+}
 
 
 # ----------------------------------------------------------------------------- prompts
