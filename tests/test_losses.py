@@ -415,6 +415,27 @@ def test_reward_accuracy_is_one_half_at_the_reference_and_without_reference_uses
     assert metrics["reward_accuracy"].item() == 1.0
 
 
+def test_reward_accuracy_counts_a_difference_within_float32_rounding_as_a_tie():
+    """Tolerance scale * TIE_RTOL * (|pi_i| + |ref_i| + |pi_j| + |ref_j|), worked by hand:
+    every log-prob below has magnitude 100, so the four sum to 400 and the log-ratio
+    tolerance is 400 * TIE_RTOL = 7.63e-4 (with scale 0.1 on the reward)."""
+    from alignment.losses.metrics import TIE_RTOL
+
+    tol = 400 * TIE_RTOL
+    assert tol == pytest.approx(7.62939453125e-4)
+
+    def accuracy(gap: float) -> float:
+        # chosen log-ratio = gap, rejected log-ratio = 0
+        logps = batch(policy=[[-100.0 + gap, -100.0]], reference=[[-100.0, -100.0]], scores=[[1.0, 0.0]])
+        return reward_metrics(logps, 0.1)[0]["reward_accuracy"].item()
+
+    assert accuracy(0.5 * tol) == 0.5 and accuracy(-0.5 * tol) == 0.5  # rounding noise: a tie
+    assert accuracy(2 * tol) == 1.0 and accuracy(-2 * tol) == 0.0  # a real preference either way
+    # The rewards themselves are reported as they are: the tolerance is only for the count.
+    logps = batch(policy=[[-100.0 + 0.5 * tol, -100.0]], reference=[[-100.0, -100.0]], scores=[[1.0, 0.0]])
+    assert reward_metrics(logps, 0.1)[0]["rewards/margins"].item() == pytest.approx(0.1 * (-100.0 + 0.5 * tol + 100.0))
+
+
 def test_no_pairs_gives_zero_metrics_with_zero_counts():
     logps = batch(policy=[[-1.0, -3.0]], reference=[[0.0, 0.0]], scores=[[1.0, 1.0]])
     metrics, counts = reward_metrics(logps, 0.1)

@@ -168,7 +168,9 @@ def arithmetic(n: int, seed: int) -> list[dict]:
     return rows
 
 
-def _train(smollm2, tokenizer, tmp_path, steps: int, rows=None, eval_rows=None, lr=None, **model_kwargs):
+def _train(
+    smollm2, tokenizer, tmp_path, steps: int, rows=None, eval_rows=None, lr=None, forward="auto", **model_kwargs
+):
     from alignment.config import DataConfig, SourceConfig
     from alignment.data import build_datasets
     from alignment.trainers import AlignmentTrainingArguments, PreferenceTrainer
@@ -190,6 +192,7 @@ def _train(smollm2, tokenizer, tmp_path, steps: int, rows=None, eval_rows=None, 
         save_strategy="no",
         logging_steps=1,
         seed=0,
+        forward=forward,
     )
     reference = "adapter" if "lora" in model_kwargs else "precompute"
     ref_model = None if "lora" in model_kwargs else load_policy(ModelConfig(name_or_path=str(smollm2), dtype="float32"))
@@ -211,13 +214,23 @@ def _train(smollm2, tokenizer, tmp_path, steps: int, rows=None, eval_rows=None, 
     return [e for e in trainer.state.log_history if "loss" in e and "train_runtime" not in e], held_out
 
 
-def test_precomputed_reference_gives_exact_ties_at_step_1(smollm2, tokenizer, tmp_path):
-    """The precompute pass (batches of 3) and step 1 (batches of 4) see the same policy:
-    with the default forward the log-ratios are exactly 0, so the margins are 0 and the
-    accuracy is exactly chance."""
-    logs, _ = _train(smollm2, tokenizer, tmp_path, steps=2)
-    assert logs[0]["rewards/margins"] == 0.0 and logs[0]["rewards/chosen"] == 0.0
-    assert logs[0]["reward_accuracy"] == 0.5 and logs[0]["loss"] == float32_approx(0.6931471805599453, ulps=1)
+@pytest.mark.parametrize("forward", ["baseline", "packed", "shared_prompt"])
+def test_precomputed_reference_gives_exact_ties_at_step_1(smollm2, tokenizer, tmp_path, forward):
+    """The precompute pass (batches of 3) and step 1 (batches of 4) see the same policy,
+    so the accuracy is exactly chance and the loss exactly ln 2. `baseline` and
+    `shared_prompt` start each sequence at position 0 of its own row and give
+    bit-identical log-probs: the margins are exactly 0. `packed` computes a sequence at
+    its offset in one long row, whose rounding depends on the batch: its log-ratios are
+    within float32 rounding of 0, which reward_accuracy counts as ties (TIE_RTOL)."""
+    logs, _ = _train(smollm2, tokenizer, tmp_path, steps=2, forward=forward)
+    assert logs[0]["reward_accuracy"] == 0.5
+    if forward == "packed":
+        # -log sigmoid(x) = ln 2 - x/2 + O(x^2): log-ratio noise of ~1e-5 moves the loss by ~1e-6
+        assert logs[0]["loss"] == pytest.approx(0.6931471805599453, abs=1e-5)
+        assert abs(logs[0]["rewards/margins"]) < 1e-5  # beta * 1e-4 in log-ratio, vs log-probs of ~50
+    else:
+        assert logs[0]["loss"] == float32_approx(0.6931471805599453, ulps=1)
+        assert logs[0]["rewards/margins"] == 0.0 and logs[0]["rewards/chosen"] == 0.0
     assert logs[1]["rewards/margins"] > 0  # one step of DPO already separates them
 
 

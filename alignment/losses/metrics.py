@@ -8,9 +8,20 @@ reward of each completion.
   Lists whose scores are all tied have no chosen/rejected and are left out; the count
   of lists used is `counts[...]` for these three.
 - `reward_accuracy`: over every ordered pair of real items with s_i > s_j in the
-  batch, the fraction with r_i > r_j, an exact tie r_i == r_j counting 1/2. So at
-  policy == reference (step 0) it is exactly 0.5, the chance level, rather than 0;
+  batch, the fraction with r_i > r_j, a tie counting 1/2. So at policy == reference
+  (step 0) it is exactly 0.5, the chance level, rather than 0;
   `counts["reward_accuracy"]` is the number of such pairs.
+
+  A tie is |r_i - r_j| <= scale * TIE_RTOL * (|pi_i| + |ref_i| + |pi_j| + |ref_j|):
+  a difference within float32 rounding of the four summed log-probs it comes from.
+  Why: a precomputed reference and the policy at step 0 are the same model run on
+  batches of different composition. The `baseline` and `shared_prompt` forwards start
+  every sequence at position 0 of its own row and give bit-identical sums, but under
+  `packed` a sequence's attention is computed at its offset in one long row, so its
+  rounding depends on its neighbours: on SmolLM2-135M the step-0 log-ratios differ
+  from 0 by up to 4.2e-7 of those magnitudes, which an exact comparison would score
+  as 0.56 instead of 0.5. Real preferences are far larger: after one DPO step at
+  lr 5e-7 the margins are ~1e-5 of them.
 """
 
 from __future__ import annotations
@@ -20,6 +31,8 @@ from torch import Tensor
 
 from alignment.losses.base import SequenceLogps
 from alignment.losses.pairs import best_vs_worst, ordered_pairs
+
+TIE_RTOL = 16 * torch.finfo(torch.float32).eps  # ~1.9e-6, 4.5x the rounding measured under `packed`
 
 
 def _safe_mean(total: Tensor, count: Tensor) -> Tensor:
@@ -42,7 +55,10 @@ def reward_metrics(logps: SequenceLogps, scale: float) -> tuple[dict[str, Tensor
 
     pairs = ordered_pairs(logps.scores, logps.mask)
     diff = r[:, :, None] - r[:, None, :]
-    right = (diff > 0).to(r.dtype) + 0.5 * (diff == 0).to(r.dtype)
+    size = logps.policy.detach().abs() + (0 if logps.reference is None else logps.reference.detach().abs())
+    size = size.to(r.dtype)
+    tie = abs(scale) * TIE_RTOL * (size[:, :, None] + size[:, None, :])
+    right = (diff > tie).to(r.dtype) + 0.5 * (diff.abs() <= tie).to(r.dtype)
     n_pairs = pairs.sum()
 
     metrics = {
