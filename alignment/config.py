@@ -1,8 +1,8 @@
 """Recipe configuration: typed sections, YAML loading, dotted command-line overrides.
 
 A recipe is one YAML file with the sections `model`, `lora`, `quantization`, `data`,
-`reference`, `loss`, `online` (online training only) and `training` (TrainingArguments
-names, unchanged). Everything is
+`reference`, `loss`, `online` (online training only), `evaluation` (evaluation by
+generation, optional) and `training` (TrainingArguments names, unchanged). Everything is
 validated here, before any model or dataset is touched, and every error names the key
 and what is allowed.
 """
@@ -18,9 +18,9 @@ from typing import Any, Literal
 
 import yaml
 
-from alignment.config_combinations import check_online, resolve_reference
+from alignment.config_combinations import check_evaluation, check_online, resolve_reference
 from alignment.config_schema import SECTIONS, ConfigError, DuplicateKeyError, _build, _coerce, read_yaml
-from alignment.online.config import OnlineConfig
+from alignment.online.config import EvaluationConfig, OnlineConfig
 from alignment.overrides import apply_overrides, parse_override
 
 __all__ = ["SECTIONS", "Config", "ConfigError", "apply_overrides", "dump_config", "load_config", "parse_override"]
@@ -229,6 +229,7 @@ class Config:
     online: OnlineConfig | None
     training: dict[str, Any]
     resolved: dict[str, Any]
+    evaluation: EvaluationConfig | None = None
 
     def training_arguments(self):
         """The validated `AlignmentTrainingArguments` (built on demand: constructing
@@ -329,6 +330,8 @@ def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None
     online = raw.get("online")
     if isinstance(online, dict) and isinstance(online.get("judge"), str):  # `judge: module:function`
         online["judge"] = {"function": online["judge"]}
+    if isinstance(raw.get("evaluation"), str):  # `evaluation: module:function`, a score function
+        raw["evaluation"] = {"score": raw["evaluation"]}
     raw = apply_overrides(raw, list(overrides or []))
     unknown = [k for k in raw if k not in SECTIONS]
     if unknown:
@@ -341,9 +344,11 @@ def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None
     quantization = _optional_section(QuantizationConfig, raw, "quantization")
     data = _build(DataConfig, raw.get("data"), "data")
     online = None if raw.get("online") is None else _build(OnlineConfig, raw["online"], "online")
+    evaluation = None if raw.get("evaluation") is None else _build(EvaluationConfig, raw["evaluation"], "evaluation")
     training = _validate_training(raw.get("training") or {})
     resolve_reference(reference, loss, lora)
     check_online(online, loss, reference)
+    check_evaluation(evaluation, data, online)
     if quantization is not None and lora is None:
         raise ConfigError(
             "quantization: quantized weights cannot be fully fine-tuned; add a `lora:` section (QLoRA) "
@@ -358,6 +363,7 @@ def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None
         "reference": dataclasses.asdict(reference),
         "loss": [{"name": s.name, "weight": s.weight, **s.params} for s in loss],
         "online": dataclasses.asdict(online) if online else None,
+        "evaluation": dataclasses.asdict(evaluation) if evaluation else None,
         "training": training,
     }
     return Config(
@@ -370,6 +376,7 @@ def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None
         online=online,
         training=training,
         resolved=resolved,
+        evaluation=evaluation,
     )
 
 

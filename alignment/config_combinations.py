@@ -1,5 +1,5 @@
 """Checks across sections of a recipe: the reference that the losses need (and what
-`auto` resolves to), and what online training needs. Run by `load_config` once every
+`auto` resolves to), what online training needs, and what evaluation by generation needs. Run by `load_config` once every
 section is built."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 from alignment.config_schema import ConfigError
 
 if TYPE_CHECKING:
-    from alignment.config import LoraConfig, LossSpec, ReferenceConfig
-    from alignment.online.config import OnlineConfig
+    from alignment.config import DataConfig, LoraConfig, LossSpec, ReferenceConfig
+    from alignment.online.config import EvaluationConfig, OnlineConfig
 
 
 def resolve_reference(reference: ReferenceConfig, loss: list[LossSpec], lora: LoraConfig | None) -> None:
@@ -61,3 +61,20 @@ def check_online(online: OnlineConfig | None, loss: list[LossSpec], reference: R
         )
     if reference.type == "none" and online.sampler != "policy":
         raise ConfigError(f"online.sampler: {online.sampler!r} samples from the reference, but reference is 'none'")
+
+
+def check_evaluation(evaluation: EvaluationConfig | None, data: DataConfig, online: OnlineConfig | None) -> None:
+    """Evaluation by generation needs held-out prompts of its own: a `test_size` split is
+    made after the rows are checked, so its prompts could not be matched exactly."""
+    if evaluation is None:
+        return
+    if online is not None and evaluation.judge is not None:
+        raise ConfigError(
+            "evaluation.judge: an online recipe already reports eval_win_rate_vs_initial, judged by online.judge; "
+            "keep `evaluation.score` here (evaluation.judge is for offline recipes)"
+        )
+    if not data.test:
+        raise ConfigError(
+            "evaluation: generates on the held-out prompts of data.test, which is empty; "
+            "add data.test sources (data.test_size splits are not used for it)"
+        )

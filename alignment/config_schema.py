@@ -12,7 +12,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-SECTIONS = ("model", "lora", "quantization", "data", "reference", "loss", "online", "training")
+SECTIONS = ("model", "lora", "quantization", "data", "reference", "loss", "online", "evaluation", "training")
 
 
 class ConfigError(ValueError):

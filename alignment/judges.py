@@ -74,27 +74,32 @@ class Judge:
         return p
 
 
+def import_function(spec: str, owner: str) -> Callable[..., Any]:
+    """The callable `module:function` names, found by import and attribute access only:
+    a recipe never has text evaluated. `owner` starts every error message."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise JudgeError(f"{owner}: a function is named as 'module:function', got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise JudgeError(f"{owner}: cannot import module {module_name!r}: {e}") from e
+    target: Any = module
+    for part in attr.split("."):  # `module:Class.method` reaches a nested attribute
+        if not hasattr(target, part):
+            raise JudgeError(f"{owner}: {module_name!r} has no attribute {attr!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise JudgeError(f"{owner}: {attr!r} in {module_name!r} is a {type(target).__name__}, not callable")
+    return target
+
+
 class CallableJudge(Judge):
-    """`module:function`, called as `function(prompts, completions)`. The function is
-    looked up by import and attribute access only: a recipe never has text evaluated."""
+    """`module:function`, called as `function(prompts, completions)`."""
 
     def __init__(self, function: str):
         self.name = f"callable judge {function}"
-        module_name, sep, attr = function.partition(":")
-        if not sep or not module_name or not attr:
-            raise JudgeError(f"{self.name}: a callable judge is named as 'module:function'")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as e:
-            raise JudgeError(f"{self.name}: cannot import module {module_name!r}: {e}") from e
-        target: Any = module
-        for part in attr.split("."):  # `module:Class.method` reaches a nested attribute
-            if not hasattr(target, part):
-                raise JudgeError(f"{self.name}: {module_name!r} has no attribute {attr!r}")
-            target = getattr(target, part)
-        if not callable(target):
-            raise JudgeError(f"{self.name}: {attr!r} in {module_name!r} is a {type(target).__name__}, not callable")
-        self.function: Callable[..., Any] = target
+        self.function: Callable[..., Any] = import_function(function, self.name)
 
     def _probabilities(self, prompts: list[Prompt], completions: list[tuple[str, str]]) -> Any:
         try:

@@ -21,6 +21,8 @@ from alignment.judges import build_judge
 from alignment.losses import build_loss
 from alignment.model_card import render_model_card
 from alignment.models import load_policy, load_reference, load_tokenizer
+from alignment.online.evaluation import GenerationEvaluation, evaluation_prompts
+from alignment.online.sampler import eos_ids
 from alignment.reference import reference_identity
 from alignment.trainers import PreferenceTrainer
 from alignment.trainers.checkpoints import resolve_resume
@@ -179,7 +181,27 @@ def build_trainer(config: Config, training_args):
         initial = reference.name_or_path is None and reference.init_seed in (None, config.model.init_seed)
         trainer = OnlineTrainer(judge=judge, online=config.online, reference_is_initial=initial, **common)
     del ref_model  # the trainer holds the prepared copy (and drops it after a precompute pass)
+    if config.evaluation is not None:
+        trainer.generation_eval = generation_evaluation(config, training_args, tokenizer, model)
     return trainer, data
+
+
+def generation_evaluation(config: Config, training_args, tokenizer, model) -> GenerationEvaluation:
+    """The `evaluation:` section's prompts, sampler settings, score function and judge."""
+    with training_args.main_process_first(desc="preprocessing the evaluation prompts"):
+        prompts = evaluation_prompts(config.data, tokenizer)
+    generation_config = getattr(model, "generation_config", None)
+    evaluation = GenerationEvaluation(
+        config.evaluation,
+        prompts,
+        tokenizer,
+        eos_ids(tokenizer.eos_token_id, getattr(generation_config, "eos_token_id", None)),
+        batch_size=training_args.per_device_eval_batch_size,
+        device=training_args.device,
+        seed=training_args.seed,
+    )
+    logger.info("evaluation: %d held-out prompts, %s", len(evaluation.prompts), config.evaluation.score or "judge only")
+    return evaluation
 
 
 def _train_loop(config: Config, training_args, trainer, resume: str | None):
@@ -191,6 +213,7 @@ def _train_loop(config: Config, training_args, trainer, resume: str | None):
         if config.reference.type == "precompute":
             identity = reference_identity(config.model, config.reference, config.quantization)
             trainer.precompute_reference(identity, config.reference.precompute_batch_size)
+        trainer.start_generation_eval(resume)
         if probe_enabled(training_args.memory_probe, trainer):
             probing = "in the memory probe (one forward and backward of the longest lists, before step 1)"
             with out_of_memory_reported(config, training_args, lambda: probing):

@@ -39,6 +39,8 @@ from dataclasses import asdict, dataclass
 from itertools import combinations
 from pathlib import Path
 
+from flops import Shape, matmul_peak, ours_forward_flops, trl_forward_flops
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -59,6 +61,7 @@ class Preset:
     dtype: str = "float32"
     qlora: bool = False
     note: str = ""
+    checkpoint: str | None = None  # "smollm2": the real model, chat data through its template; else random weights
 
 
 PRESETS = {
@@ -84,14 +87,68 @@ PRESETS = {
         note="Llama-3.1-8B shape, 4-bit NF4 + LoRA r=16",
     ),
 }
+PRESETS["smollm2-cpu"] = Preset(
+    576,
+    30,
+    9,
+    3,
+    1536,
+    49152,
+    96,
+    48,
+    16,
+    4,
+    checkpoint="smollm2",
+    note="SmolLM2-135M-Instruct (real weights), chat pairs: system + user prompt of ~96 words, answers of ~48",
+)
 RUNS = ("ours", "trl-default", "trl-best")
+
+WORDS = (
+    "the of and to in is you that it he was for on are as with his they at be this have from or one had by word "
+    "but not what all were we when your can said there use an each which she do how their if will up other about "
+    "out many then them these so some her would make like him into time has look two more write go see number no "
+    "way could people my than first water been call who oil its now find long down day did get come made may part"
+).split()
 
 
 # ----------------------------------------------------------------------------- shared assets
 
 
+def build_chat_assets(preset: Preset, directory: Path, seed: int = 0) -> None:
+    """The real SmolLM2 checkpoint (linked) and chat pairs of English words: a system and
+    a user message, answered by two assistant messages."""
+    from alignment.gguf import smollm2_checkpoint
+
+    (directory / "model").symlink_to(smollm2_checkpoint())
+    rng = random.Random(seed)
+
+    def text(n: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(n)).capitalize() + "."
+
+    lists, pairs = [], []
+    for _ in range(preset.examples):
+        prompt = [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": text(preset.prompt_len)},
+        ]
+        answers = [[{"role": "assistant", "content": text(preset.completion_len)}] for _ in range(preset.k)]
+        lists.append(
+            {"prompt": prompt, "completions": answers, "scores": [float(preset.k - i) for i in range(preset.k)]}
+        )
+        pairs += [
+            {"prompt": prompt, "chosen": answers[i], "rejected": answers[j]}
+            for i, j in combinations(range(preset.k), 2)
+        ]
+    for name, rows in (("lists", lists), ("pairs", pairs)):
+        with open(directory / f"{name}.jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
 def build_assets(preset: Preset, directory: Path, seed: int = 0) -> None:
     """A word-level tokenizer of `vocab` words, the model (safetensors) and the data."""
+    if preset.checkpoint is not None:
+        build_chat_assets(preset, directory, seed)
+        return
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -137,9 +194,20 @@ def build_assets(preset: Preset, directory: Path, seed: int = 0) -> None:
             f.writelines(json.dumps(r) + "\n" for r in rows)
 
 
-def real_tokens(preset: Preset) -> int:
-    """Prompt + completion tokens of the data (EOS included), each prompt counted once."""
-    return preset.examples * (preset.prompt_len + preset.k * preset.completion_len)
+def real_tokens(preset: Preset, directory: Path | None = None) -> int:
+    """Prompt + completion tokens of the data (EOS included), each prompt counted once.
+    For chat data, counted from our tokenization (chat template included), which TRL's
+    equals (tests/test_real_model.py)."""
+    if preset.checkpoint is None:
+        return preset.examples * (preset.prompt_len + preset.k * preset.completion_len)
+    from transformers import AutoTokenizer
+
+    from alignment.config import DataConfig, SourceConfig
+    from alignment.data import build_datasets
+
+    tokenizer = AutoTokenizer.from_pretrained(directory / "model")
+    data = build_datasets(DataConfig(train=[SourceConfig(path=str(directory / "lists.jsonl"))]), tokenizer).train
+    return sum(len(r["prompt_input_ids"]) + sum(len(c) for c in r["completion_input_ids"]) for r in data)
 
 
 # ----------------------------------------------------------------------------- workers
@@ -228,7 +296,20 @@ def run_ours(preset: Preset, directory: Path) -> dict:
     del reference
     trainer.precompute_reference({"benchmark": str(directory)}, batch_size=preset.batch)
     trainer.train()
-    return {"wall_s": time.perf_counter() - start, "first_loss": trainer.state.log_history[0]["loss"]}
+    wall = time.perf_counter() - start
+
+    from alignment.logprobs import resolve_strategy
+
+    shape = Shape.of(policy)
+    strategy = resolve_strategy(trainer.model, args.forward)
+    rows = trainer.train_dataset
+    precompute = [
+        trainer.data_collator([rows[i] for i in range(s, min(s + preset.batch, len(rows)))])
+        for s in range(0, len(rows), preset.batch)
+    ]
+    flops = 3 * ours_forward_flops(shape, trainer.get_train_dataloader(), strategy)
+    flops += ours_forward_flops(shape, precompute, strategy)  # the reference pass
+    return {"wall_s": wall, "first_loss": trainer.state.log_history[0]["loss"], "flops": flops, "forward": strategy}
 
 
 def run_trl(preset: Preset, directory: Path, best: bool) -> dict:
@@ -249,10 +330,19 @@ def run_trl(preset: Preset, directory: Path, best: bool) -> dict:
     rows = datasets.load_dataset("json", data_files=str(directory / "pairs.jsonl"), split="train")
     trainer = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=rows, processing_class=tokenizer)
     trainer.train()
-    return {"wall_s": time.perf_counter() - start, "first_loss": trainer.state.log_history[0]["loss"]}
+    wall = time.perf_counter() - start
+    # A training forward + backward per batch, and one reference forward per batch: live
+    # every step (default), or in the precompute pass over the same rows (best).
+    flops = 4 * trl_forward_flops(Shape.of(policy), trainer.get_train_dataloader())
+    return {
+        "wall_s": wall,
+        "first_loss": trainer.state.log_history[0]["loss"],
+        "flops": flops,
+        "forward": "padded rows",
+    }
 
 
-def worker(run: str, preset_name: str, directory: Path, result: Path) -> None:
+def worker(run: str, preset_name: str, directory: Path, result: Path, tokens: int) -> None:
     import torch
 
     preset = PRESETS[preset_name]
@@ -263,25 +353,12 @@ def worker(run: str, preset_name: str, directory: Path, result: Path) -> None:
     else:
         outcome["peak_memory_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
         outcome["memory_kind"] = "peak RSS"
-    outcome["tokens_per_s"] = real_tokens(preset) / outcome["wall_s"]
+    outcome["tokens_per_s"] = tokens / outcome["wall_s"]
+    outcome["achieved_tflops"] = outcome["flops"] / outcome["wall_s"] / 1e12
     result.write_text(json.dumps(outcome))
 
 
 # ----------------------------------------------------------------------------- driver
-
-
-def mfu(preset: Preset, tokens_per_s: float, peak_tflops: float) -> float:
-    """Model-FLOPs utilisation: 6 N per trained token + 2 N per reference-forward token."""
-    n = (
-        preset.layers
-        * (
-            2 * preset.hidden * preset.hidden
-            + 2 * preset.hidden * preset.hidden * preset.kv_heads // preset.heads
-            + 3 * preset.hidden * preset.intermediate
-        )
-        + preset.vocab * preset.hidden
-    )
-    return 8 * n * tokens_per_s / (peak_tflops * 1e12)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -289,13 +366,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small")
     parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated subset of {', '.join(RUNS)}")
     parser.add_argument("--out", default=None, help="JSON result file (default: benchmarks/<preset>.json)")
-    parser.add_argument("--peak-tflops", type=float, default=None, help="device peak, for MFU (H100 bf16: 989)")
     parser.add_argument("--worker", choices=RUNS, help=argparse.SUPPRESS)
     parser.add_argument("--dir", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--tokens", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        worker(args.worker, args.preset, Path(args.dir), Path(args.result))
+        worker(args.worker, args.preset, Path(args.dir), Path(args.result), args.tokens)
         return 0
 
     preset = PRESETS[args.preset]
@@ -305,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         build_assets(preset, directory)
+        tokens = real_tokens(preset, directory)
+        peak = measured_peak(preset)
+        print(f"matmul peak ({preset.device}, {preset.dtype}): {peak / 1e12:.3f} TFLOP/s", flush=True)
         for run in runs:
             result = directory / f"{run}.json"
             cmd = [
@@ -318,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
                 tmp,
                 "--result",
                 str(result),
+                "--tokens",
+                str(tokens),
             ]
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if proc.returncode != 0:
@@ -326,7 +408,15 @@ def main(argv: list[str] | None = None) -> int:
             results[run] = json.loads(result.read_text())
             print(f"{run}: {results[run]}", flush=True)
 
-    summary = {"preset": args.preset, **asdict(preset), "real_tokens": real_tokens(preset), "runs": results}
+    for r in results.values():
+        r["of_peak"] = r["achieved_tflops"] * 1e12 / peak
+    summary = {
+        "preset": args.preset,
+        **asdict(preset),
+        "real_tokens": tokens,
+        "matmul_peak_tflops": peak / 1e12,
+        "runs": results,
+    }
     trl = [results[r] for r in ("trl-default", "trl-best") if r in results]
     if "ours" in results and trl:
         ours = results["ours"]
@@ -334,8 +424,6 @@ def main(argv: list[str] | None = None) -> int:
         summary["wall_ratio_vs_best_trl"] = ours["wall_s"] / min(r["wall_s"] for r in trl)
         summary["memory_ratio_vs_best_trl"] = ours["peak_memory_gb"] / min(r["peak_memory_gb"] for r in trl)
         summary["first_loss_max_difference"] = max(abs(ours["first_loss"] - r["first_loss"]) for r in trl)
-        if args.peak_tflops:
-            summary["ours_mfu"] = mfu(preset, ours["tokens_per_s"], args.peak_tflops)
     out = Path(args.out or ROOT / "benchmarks" / f"{args.preset}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2) + "\n")
@@ -343,14 +431,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def measured_peak(preset: Preset) -> float:
+    """The matmul FLOP/s of this machine in the preset's precision, measured now."""
+    import torch
+
+    return matmul_peak(preset.device, getattr(torch, preset.dtype), size=4096 if preset.device == "cuda" else 2048)
+
+
 def markdown(summary: dict) -> str:
-    header = "| preset | run | wall (s) | real tokens/s | peak memory (GiB) | first loss |\n|---|---|---|---|---|---|"
+    header = (
+        "| preset | run | wall (s) | real tokens/s | peak memory (GiB) | first loss | achieved TFLOP/s | of peak |\n"
+        "|---|---|---|---|---|---|---|---|"
+    )
     lines = [header]
     for run, r in summary["runs"].items():
         lines.append(
             f"| {summary['preset']} | {run} | {r['wall_s']:.1f} | {r['tokens_per_s']:.0f} | "
-            f"{r['peak_memory_gb']:.2f} ({r['memory_kind']}) | {r['first_loss']:.6f} |"
+            f"{r['peak_memory_gb']:.2f} ({r['memory_kind']}) | {r['first_loss']:.6f} | "
+            f"{r['achieved_tflops']:.4f} | {100 * r['of_peak']:.1f}% |"
         )
+    lines.append(f"\nmeasured matmul peak: {summary['matmul_peak_tflops']:.4f} TFLOP/s ({summary['dtype']})")
     if "speedup_vs_best_trl" in summary:
         lines.append(
             f"\nours / best TRL: tokens/s x{summary['speedup_vs_best_trl']:.2f}, wall x{summary['wall_ratio_vs_best_trl']:.2f}, "

@@ -75,7 +75,7 @@ def test_rdpo_epsilon_out_of_range_names_the_range():
         ("--reference.type=none", "reference: 'none' but loss dpo needs a reference"),
         (
             "--optimizer.lr=1",
-            "unknown section 'optimizer'; sections: model, lora, quantization, data, reference, loss, online, training",
+            "unknown section 'optimizer'; sections: model, lora, quantization, data, reference, loss, online, evaluation, training",
         ),
         ("--model.config=recipes/tiny/no-such-model", "model.config: path 'recipes/tiny/no-such-model' does not exist"),
         ("--loss.weight=heavy", "loss.weight: expected a number, got 'heavy'"),

@@ -254,3 +254,56 @@ def test_a_few_dpo_steps_lower_the_loss_on_held_out_pairs(smollm2, tokenizer, tm
     )
     assert before == float32_approx(0.6931471805599453, ulps=1)
     assert after < before / 2, (before, after)  # from ln 2 to well below it
+
+
+SMOLLM2_RECIPES = ["dpo", "lora_dpo", "qlora_dpo", "nash_md"]
+
+
+@pytest.mark.parametrize("recipe", SMOLLM2_RECIPES)
+def test_the_smollm2_recipes_load_and_their_data_goes_through_the_chat_template(smollm2, tokenizer, recipe):
+    import json
+
+    from alignment.config import load_config
+    from alignment.data import build_datasets
+    from alignment.data.prompts import build_prompt_datasets
+    from tests.helpers import ROOT
+
+    config = load_config(ROOT / "recipes" / "smollm2-135m" / f"{recipe}.yaml")
+    assert config.model.name_or_path == str(smollm2)  # `~` expanded to the cached export
+    assert config.evaluation.score == "alignment.online.chat_addition:score"
+    build = build_prompt_datasets if config.online else build_datasets
+    data = build(config.data, tokenizer)
+    assert len(data.train) == 200 and len(data.test) == 100  # fraction 0.5 of the 400 training pairs
+    rows = [json.loads(line) for line in (ROOT / "recipes/smollm2-135m/data/test.jsonl").read_text().splitlines()]
+    expected = [
+        tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True, return_dict=True)["input_ids"]
+        for r in rows
+    ]
+    # The mixture is shuffled: the same prompts, as a multiset.
+    assert sorted(map(tuple, data.test["prompt_input_ids"])) == sorted(map(tuple, expected))
+
+
+def test_greedy_evaluation_on_smollm2_is_transformers_greedy_decode(smollm2, policy, tokenizer, tmp_path):
+    """The recipes' evaluation on 12 held-out prompts: the same answers as `generate`
+    (greedy, one prompt at a time, stopping at <|im_end|>), graded by the task's score."""
+    from alignment.config import load_config
+    from alignment.online.chat_addition import score
+    from alignment.online.evaluation import GenerationEvaluation, evaluation_prompts
+    from tests.helpers import ROOT
+
+    config = load_config(ROOT / "recipes" / "smollm2-135m" / "dpo.yaml", ["--evaluation.max_prompts=12"])
+    prompts = evaluation_prompts(config.data, tokenizer)
+    eos = (tokenizer.convert_tokens_to_ids("<|im_end|>"),)
+    evaluation = GenerationEvaluation(config.evaluation, prompts, tokenizer, eos, 5, torch.device("cpu"))
+    evaluation.start(policy, output_dir=str(tmp_path))
+    expected, raw = [], []
+    for i in range(12):
+        ids = torch.tensor([prompts[i]["prompt_input_ids"]])
+        with torch.no_grad():
+            out = policy.generate(
+                ids, max_new_tokens=24, do_sample=False, eos_token_id=eos[0], pad_token_id=tokenizer.pad_token_id
+            )
+        expected.append(tokenizer.decode(out[0, ids.size(1) :], skip_special_tokens=True))
+        raw.append(__import__("json").loads(prompts[i]["prompt"]))
+    assert [evaluation.initial[i] for i in range(12)] == expected
+    assert evaluation.initial_metrics["initial_generation_accuracy"] == pytest.approx(sum(score(raw, expected)) / 12)

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.slow
 
 def test_tiny_dpo_recipe_learns_the_task(tmp_path):
     out = tmp_path / "dpo"
-    train("dpo", out)
+    score = "alignment.online.arithmetic_judge:exact_sum"
+    train("dpo", out, f"--evaluation.score={score}", "--evaluation.max_new_tokens=3")
     final = json.loads((out / "eval_results.json").read_text())
     start = next(entry for entry in log_history(out) if "eval_reward_accuracy" in entry)
     # Step 0: the policy is the reference, every implicit reward is 0 and ties count 1/2.
@@ -28,6 +29,19 @@ def test_tiny_dpo_recipe_learns_the_task(tmp_path):
     assert (out / "model.safetensors").is_file() and (out / "alignment_config.yaml").is_file()
     losses = [entry["loss"] for entry in log_history(out) if "loss" in entry]
     assert losses[-1] < losses[0] - 0.1
+
+    # evaluation: the greedy answers written beside eval_results.json, scored again here.
+    from alignment.online.arithmetic_judge import exact_sum
+
+    def accuracy(name: str) -> float:
+        rows = [json.loads(line) for line in (out / name).read_text().splitlines()]
+        assert len(rows) == 400  # every test prompt
+        return sum(exact_sum([r["prompt"] for r in rows], [r["completion"] for r in rows])) / len(rows)
+
+    assert final["eval_initial_generation_accuracy"] == pytest.approx(accuracy("initial_generations.jsonl"))
+    assert final["eval_generation_accuracy"] == pytest.approx(accuracy("eval_generations.jsonl"))
+    assert start["eval_generation_accuracy"] == start["eval_initial_generation_accuracy"]  # step 0: the same policy
+    assert final["eval_generation_accuracy"] > final["eval_initial_generation_accuracy"]
 
 
 @pytest.mark.parametrize("recipe", ["ipo", "rdpo", "rpo", "hinge", "lipo", "listmle"])

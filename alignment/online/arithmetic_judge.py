@@ -39,3 +39,8 @@ def closer_to_sum(prompts: list[str | list[dict[str, str]]], completions: list[t
         d0, d1 = distance(y0, truth), distance(y1, truth)
         out.append(0.5 if d0 == d1 else float(d0 < d1))
     return out
+
+
+def exact_sum(prompts: list[str | list[dict[str, str]]], completions: list[str]) -> list[float]:
+    """A score for `evaluation.score`: 1 when the answer is the sum, else 0."""
+    return [float(distance(y, true_sum(p)) == 0) for p, y in zip(prompts, completions, strict=True)]

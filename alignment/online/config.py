@@ -109,3 +109,50 @@ class OnlineConfig:
             raise ConfigError(f"online.missing_eos_penalty must be in [0, 1], got {self.missing_eos_penalty}")
         if self.eval_max_new_tokens is not None and self.eval_max_new_tokens < 1:
             raise ConfigError(f"online.eval_max_new_tokens must be >= 1, got {self.eval_max_new_tokens}")
+
+
+@dataclass
+class EvaluationConfig:
+    """The `evaluation:` recipe section: evaluation by generation on the held-out
+    prompts (`data.test`), for offline and online recipes alike.
+
+    Before step 1 the initial policy answers every test prompt once; at each evaluation
+    the policy answers them again (greedy with the default `temperature: 0`), and:
+
+    - `score` (`module:function`, called as `function(prompts, completions)` with one
+      completion text per prompt) returns a score in [0, 1] per completion, 1 for a
+      right answer: the means are `eval_generation_accuracy` (the policy now) and
+      `eval_initial_generation_accuracy` (before step 1);
+    - `judge` (the same forms as `online.judge`) is asked P(policy's completion >
+      initial policy's completion): the mean is `eval_win_rate_vs_initial`.
+
+    `max_prompts` caps the number of test prompts used (None: all)."""
+
+    SCALAR_KEY = "score"
+
+    score: str | None = None
+    judge: JudgeConfig | None = None
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    max_prompts: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.score is None and self.judge is None:
+            raise ConfigError(
+                "evaluation: name a `score` function ('module:function', a score in [0, 1] per completion) "
+                "and/or a `judge` (as online.judge)"
+            )
+        if self.score is not None and ":" not in self.score:
+            raise ConfigError(f"evaluation.score: a score function is named as 'module:function', got {self.score!r}")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"evaluation.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ConfigError(f"evaluation.temperature must be >= 0 (0: greedy), got {self.temperature}")
+        if self.top_k < 0:
+            raise ConfigError(f"evaluation.top_k must be >= 0 (0 turns it off), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"evaluation.top_p must be in (0, 1], got {self.top_p}")
+        if self.max_prompts is not None and self.max_prompts < 1:
+            raise ConfigError(f"evaluation.max_prompts must be >= 1, got {self.max_prompts}")

@@ -8,13 +8,11 @@ setup, checkpoints and logging are the Trainer's, as offline."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from trl.models.utils import unwrap_model_for_generation
 
 from alignment.data import PromptCollator
 from alignment.judges import Judge
@@ -84,20 +82,6 @@ class OnlineTrainer(PreferenceTrainer):
         self.win_rate_key = "win_rate_vs_initial" if reference_is_initial else "win_rate_vs_reference"
 
     # ------------------------------------------------------------------ sampling
-
-    @contextlib.contextmanager
-    def _generation_model(self, model: nn.Module):
-        """The bare policy in eval mode for sampling (ZeRO-3 parameters gathered, gradient
-        checkpointing off), switched back to its previous mode afterwards."""
-        with unwrap_model_for_generation(
-            model, self.accelerator, gradient_checkpointing_kwargs=self.args.checkpointing_kwargs
-        ) as unwrapped:
-            was_training = unwrapped.training
-            unwrapped.eval()
-            try:
-                yield unwrapped
-            finally:
-                unwrapped.train(was_training)
 
     def _streams(self, unwrapped: nn.Module) -> tuple[ModelStream, ModelStream | None]:
         policy = ModelStream(unwrapped)

@@ -11,10 +11,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel, Trainer
+from trl.models.utils import unwrap_model_for_generation
 
 from alignment.data import PreferenceCollator
 from alignment.logprobs import sequence_logps
 from alignment.losses import LossOutput, PreferenceLoss, SequenceLogps
+from alignment.online.evaluation import GenerationEvaluation
 from alignment.reference import REFERENCE_COLUMN, add_reference_logps, prepare_frozen_model
 from alignment.trainers.arguments import AlignmentTrainingArguments
 from alignment.trainers.checkpoints import mark_complete
@@ -70,6 +72,8 @@ class PreferenceTrainer(Trainer):
         self.nonfinite_skipped = 0
         self.model_card = model_card
         self.final_metrics: dict[str, float] = {}  # what the model card reports
+        self.generation_eval: GenerationEvaluation | None = None  # the recipe's `evaluation:` section
+        self._generation_metrics: dict[str, float] = {}
 
     def create_model_card(self, **kwargs: Any) -> None:
         """Our card (`alignment.model_card`: base model, data, loss, final metrics), which
@@ -81,6 +85,40 @@ class PreferenceTrainer(Trainer):
         if self.is_world_process_zero():
             with open(os.path.join(self.args.output_dir, "README.md"), "w", encoding="utf-8") as f:
                 f.write(self.model_card(self.final_metrics))
+
+    @contextlib.contextmanager
+    def _generation_model(self, model: nn.Module):
+        """The bare policy in eval mode for sampling (ZeRO-3 parameters gathered, gradient
+        checkpointing off), switched back to its previous mode afterwards."""
+        with unwrap_model_for_generation(
+            model, self.accelerator, gradient_checkpointing_kwargs=self.args.checkpointing_kwargs
+        ) as unwrapped:
+            was_training = unwrapped.training
+            unwrapped.eval()
+            try:
+                yield unwrapped
+            finally:
+                unwrapped.train(was_training)
+
+    def start_generation_eval(self, resume: str | None) -> None:
+        """The initial policy's answers for `evaluation:`, before step 1: generated now, or
+        on resume reloaded from the output directory (the model here is already the
+        checkpoint's once training resumes, not the initial policy)."""
+        if self.generation_eval is None:
+            return
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        if resume is not None and self.generation_eval.resume(self.args.output_dir, rank, world):
+            return
+        with self._generation_model(self.model_wrapped) as unwrapped:
+            self.generation_eval.start(unwrapped, rank, world, self.args.output_dir)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Trainer's evaluation, plus the `evaluation:` generation metrics on the held-out prompts."""
+        if self.generation_eval is not None and eval_dataset is None:
+            rank, world = self.accelerator.process_index, self.accelerator.num_processes
+            with self._generation_model(self.model_wrapped) as unwrapped:
+                self._generation_metrics = self.generation_eval.evaluate(unwrapped, rank, world, self.args.output_dir)
+        return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
 
     @contextlib.contextmanager
     def _adapters_disabled(self, model: nn.Module):
@@ -194,6 +232,9 @@ class PreferenceTrainer(Trainer):
         self._metrics[mode].reset()
         prefix = "eval_" if mode == "eval" else ""
         logs.update({f"{prefix}{name}": value for name, value in metrics.items()})
+        if mode == "eval":
+            logs.update({f"eval_{name}": value for name, value in self._generation_metrics.items()})
+            self._generation_metrics = {}
         if mode == "train" and self.nonfinite_skipped:
             logs["nonfinite_skipped"] = self.nonfinite_skipped
         super().log(logs, start_time)
