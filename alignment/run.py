@@ -199,6 +199,8 @@ def generation_evaluation(config: Config, training_args, tokenizer, model) -> Ge
         batch_size=training_args.per_device_eval_batch_size,
         device=training_args.device,
         seed=training_args.seed,
+        rank=training_args.process_index,
+        world=training_args.world_size,
     )
     logger.info("evaluation: %d held-out prompts, %s", len(evaluation.prompts), config.evaluation.score or "judge only")
     return evaluation

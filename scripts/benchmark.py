@@ -114,6 +114,13 @@ WORDS = (
 # ----------------------------------------------------------------------------- shared assets
 
 
+def _write_data(directory: Path, lists: list[dict], pairs: list[dict]) -> None:
+    """lists.jsonl for ours, pairs.jsonl (every pair of each list) for TRL."""
+    for name, rows in (("lists", lists), ("pairs", pairs)):
+        with open(directory / f"{name}.jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
 def build_chat_assets(preset: Preset, directory: Path, seed: int = 0) -> None:
     """The real SmolLM2 checkpoint (linked) and chat pairs of English words: a system and
     a user message, answered by two assistant messages."""
@@ -139,9 +146,7 @@ def build_chat_assets(preset: Preset, directory: Path, seed: int = 0) -> None:
             {"prompt": prompt, "chosen": answers[i], "rejected": answers[j]}
             for i, j in combinations(range(preset.k), 2)
         ]
-    for name, rows in (("lists", lists), ("pairs", pairs)):
-        with open(directory / f"{name}.jsonl", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
+    _write_data(directory, lists, pairs)
 
 
 def build_assets(preset: Preset, directory: Path, seed: int = 0) -> None:
@@ -189,9 +194,7 @@ def build_assets(preset: Preset, directory: Path, seed: int = 0) -> None:
             {"prompt": prompt, "chosen": completions[i], "rejected": completions[j]}
             for i, j in combinations(range(preset.k), 2)
         ]
-    for name, rows in (("lists", lists), ("pairs", pairs)):
-        with open(directory / f"{name}.jsonl", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
+    _write_data(directory, lists, pairs)
 
 
 def real_tokens(preset: Preset, directory: Path | None = None) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import datasets
@@ -62,8 +63,6 @@ class ScoreFunction:
 def evaluation_prompts(data_config: Any, tokenizer: Any) -> datasets.Dataset:
     """The held-out prompts: `data.test`'s sources through the online prompt pipeline
     (any layout; completions are ignored), with its bad-row policy and report."""
-    from dataclasses import replace
-
     from alignment.data.prompts import build_prompt_datasets
 
     prompts_only = replace(data_config, train=data_config.test, test=[], test_size=0.0)
@@ -87,6 +86,8 @@ class GenerationEvaluation:
         batch_size: int,
         device: torch.device,
         seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         if cfg.max_prompts is not None and cfg.max_prompts < len(prompts):
             prompts = prompts.select(range(cfg.max_prompts))
@@ -95,6 +96,7 @@ class GenerationEvaluation:
         self.batch_size = batch_size
         self.device = device
         self.seed = seed
+        self.rank, self.world = rank, world  # this process answers every world-th prompt from rank
         greedy = cfg.temperature == 0.0
         self.settings = GenerationSettings(
             max_new_tokens=cfg.max_new_tokens,
@@ -110,10 +112,10 @@ class GenerationEvaluation:
         self.initial: dict[int, str] = {}
         self.initial_metrics: dict[str, float] = {}
 
-    def _answers(self, model: nn.Module, rank: int, world: int) -> list[tuple[int, Prompt, str, int, bool]]:
+    def _answers(self, model: nn.Module) -> list[tuple[int, Prompt, str, int, bool]]:
         """(index, prompt, completion text, length, finished) for this process's prompts."""
         out = []
-        mine = list(range(rank, len(self.prompts), world))
+        mine = list(range(self.rank, len(self.prompts), self.world))
         # Seeded and forked: sampled evaluations repeat, and training's random stream is untouched.
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(self.seed)
@@ -130,22 +132,23 @@ class GenerationEvaluation:
                 out += list(zip(indices, batch["prompts"], texts, lengths, finished, strict=True))
         return out
 
-    def _mean(self, values: list[float], world: int) -> float:
-        total = gather_object([(sum(values), len(values))]) if world > 1 else [(sum(values), len(values))]
+    def _mean(self, values: list[float]) -> float:
+        total = [(sum(values), len(values))]
+        total = gather_object(total) if self.world > 1 else total
         return sum(s for s, _ in total) / max(1, sum(n for _, n in total))
 
-    def start(self, model: nn.Module, rank: int = 0, world: int = 1, output_dir: str | None = None) -> None:
+    def start(self, model: nn.Module, output_dir: str | None = None) -> None:
         """The initial policy's answers (and accuracy), before step 1; written to
         `output_dir/initial_generations.jsonl` by the main process."""
-        answers = self._answers(model, rank, world)
+        answers = self._answers(model)
         self.initial = {i: text for i, _, text, _, _ in answers}
         if self.score is not None:
             scores = self.score([p for _, p, *_ in answers], [t for _, _, t, _, _ in answers]).tolist()
-            self.initial_metrics["initial_generation_accuracy"] = self._mean(scores, world)
+            self.initial_metrics["initial_generation_accuracy"] = self._mean(scores)
         if output_dir is not None:
-            _write_answers(answers, os.path.join(output_dir, INITIAL_GENERATIONS), rank, world)
+            self._write(answers, os.path.join(output_dir, INITIAL_GENERATIONS))
 
-    def resume(self, output_dir: str, rank: int = 0, world: int = 1) -> bool:
+    def resume(self, output_dir: str) -> bool:
         """Reload the initial answers a previous run wrote; False when there are none."""
         path = os.path.join(output_dir, INITIAL_GENERATIONS)
         if not os.path.exists(path):
@@ -154,40 +157,37 @@ class GenerationEvaluation:
             rows = [json.loads(line) for line in f]
         if len(rows) != len(self.prompts):
             return False
-        mine = set(range(rank, len(self.prompts), world))
+        mine = set(range(self.rank, len(self.prompts), self.world))
         self.initial = {row["index"]: row["completion"] for row in rows if row["index"] in mine}
         if self.score is not None:
             indices = sorted(self.initial)
             scores = self.score(
                 [json.loads(self.prompts[i]["prompt"]) for i in indices], [self.initial[i] for i in indices]
             )
-            self.initial_metrics["initial_generation_accuracy"] = self._mean(scores.tolist(), world)
+            self.initial_metrics["initial_generation_accuracy"] = self._mean(scores.tolist())
         return True
 
-    def evaluate(
-        self, model: nn.Module, rank: int = 0, world: int = 1, output_dir: str | None = None
-    ) -> dict[str, float]:
-        answers = self._answers(model, rank, world)
+    def evaluate(self, model: nn.Module, output_dir: str | None = None) -> dict[str, float]:
+        answers = self._answers(model)
         if output_dir is not None:
-            _write_answers(answers, os.path.join(output_dir, LATEST_GENERATIONS), rank, world)
+            self._write(answers, os.path.join(output_dir, LATEST_GENERATIONS))
         prompts = [p for _, p, *_ in answers]
         texts = [t for _, _, t, _, _ in answers]
         metrics = dict(self.initial_metrics)
         if self.score is not None:
-            metrics["generation_accuracy"] = self._mean(self.score(prompts, texts).tolist(), world)
+            metrics["generation_accuracy"] = self._mean(self.score(prompts, texts).tolist())
         if self.judge is not None and self.initial:
             pairs = [(t, self.initial[i]) for (i, _, t, _, _) in answers]
-            metrics["win_rate_vs_initial"] = self._mean(self.judge(prompts, pairs).tolist(), world)
-        metrics["generation_length"] = self._mean([float(n) for *_, n, _ in answers], world)
-        metrics["generation_missing_eos"] = self._mean([float(not f) for *_, f in answers], world)
+            metrics["win_rate_vs_initial"] = self._mean(self.judge(prompts, pairs).tolist())
+        metrics["generation_length"] = self._mean([float(n) for *_, n, _ in answers])
+        metrics["generation_missing_eos"] = self._mean([float(not f) for *_, f in answers])
         return metrics
 
-
-def _write_answers(answers: list[tuple], path: str, rank: int, world: int) -> None:
-    """Every process's answers, in prompt order, as JSON lines (by the main process)."""
-    everything = gather_object(answers) if world > 1 else answers
-    if rank == 0:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
-            for i, prompt, text, _, _ in sorted(everything, key=lambda a: a[0]):
-                f.write(json.dumps({"index": i, "prompt": prompt, "completion": text}) + "\n")
+    def _write(self, answers: list[tuple], path: str) -> None:
+        """Every process's answers, in prompt order, as JSON lines (by the main process)."""
+        everything = gather_object(answers) if self.world > 1 else answers
+        if self.rank == 0:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            with open(path, "w", encoding="utf-8") as f:
+                for i, prompt, text, _, _ in sorted(everything, key=lambda a: a[0]):
+                    f.write(json.dumps({"index": i, "prompt": prompt, "completion": text}) + "\n")

@@ -106,18 +106,16 @@ class PreferenceTrainer(Trainer):
         checkpoint's once training resumes, not the initial policy)."""
         if self.generation_eval is None:
             return
-        rank, world = self.accelerator.process_index, self.accelerator.num_processes
-        if resume is not None and self.generation_eval.resume(self.args.output_dir, rank, world):
+        if resume is not None and self.generation_eval.resume(self.args.output_dir):
             return
         with self._generation_model(self.model_wrapped) as unwrapped:
-            self.generation_eval.start(unwrapped, rank, world, self.args.output_dir)
+            self.generation_eval.start(unwrapped, self.args.output_dir)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Trainer's evaluation, plus the `evaluation:` generation metrics on the held-out prompts."""
         if self.generation_eval is not None and eval_dataset is None:
-            rank, world = self.accelerator.process_index, self.accelerator.num_processes
             with self._generation_model(self.model_wrapped) as unwrapped:
-                self._generation_metrics = self.generation_eval.evaluate(unwrapped, rank, world, self.args.output_dir)
+                self._generation_metrics = self.generation_eval.evaluate(unwrapped, self.args.output_dir)
         return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
 
     @contextlib.contextmanager
