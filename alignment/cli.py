@@ -53,7 +53,7 @@ def train_main(argv: list[str]) -> int:
     if config is None:
         return 2
     from alignment.data import BadRowError, DataError
-    from alignment.judges import JudgeError
+    from alignment.online.judges import JudgeError
     from alignment.run import train
     from alignment.trainers.checkpoints import CheckpointError
     from alignment.trainers.faults import INTERRUPTED_EXIT_CODE, NonFiniteLossError, Preempted
@@ -94,7 +94,8 @@ def losses_main(argv: list[str]) -> int:
 
     for name, cls in available_losses().items():
         params = ", ".join(f"{k}={v!r}" for k, v in cls.parameters().items())
-        reference = "needs reference" if cls.needs_reference else "reference-free"
+        # With its defaults: some losses need a reference only for some parameters (a KL weight > 0).
+        reference = "needs reference" if cls().needs_reference else "reference-free (with these defaults)"
         summary = (inspect.getdoc(cls) or "").splitlines()[0]
         print(
             f"{name}: {summary}\n    paper: {cls.paper}\n    formula: {cls.formula}\n    parameters: {params}  ({reference})"
@@ -103,19 +104,19 @@ def losses_main(argv: list[str]) -> int:
 
 
 def merge_main(argv: list[str]) -> int:
-    from alignment.merge import merge_main as run_merge
+    from alignment.tools.merge import merge_main as run_merge
 
     return run_merge(argv)
 
 
 def validate_main(argv: list[str]) -> int:
-    from alignment.validate import validate_main as run_validate
+    from alignment.tools.validate import validate_main as run_validate
 
     return run_validate(argv)
 
 
 def plot_main(argv: list[str]) -> int:
-    from alignment.plot import plot_main as run_plot
+    from alignment.tools.plot import plot_main as run_plot
 
     return run_plot(argv)
 

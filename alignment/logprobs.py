@@ -66,15 +66,24 @@ def token_logps(logits: Tensor, input_ids: Tensor) -> Tensor:
     return logits.gather(-1, targets).squeeze(-1) - logits.logsumexp(-1)
 
 
-def baseline_logps(model: nn.Module, batch: Mapping[str, Tensor], chunk_size: int | None = None) -> Tensor:
+def baseline_logps(
+    model: nn.Module, batch: Mapping[str, Tensor], chunk_size: int | None = None, per_token: bool = False
+) -> Tensor:
     """Each real (prompt, completion) as its own row, one forward: [B, K] summed
-    completion log-probs (0 for padded items)."""
+    completion log-probs (0 for padded items), or [B, K, C] per token with `per_token`."""
     input_ids, attention_mask, in_completion, index = concatenated_rows(batch)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    per_token = token_logps(logits, input_ids)
-    sums = (per_token * in_completion[:, 1:]).sum(-1)
+    per_row = token_logps(logits, input_ids) * in_completion[:, 1:]
+    b, k = index[:, 0], index[:, 1]
+    if per_token:
+        # Row position j + 1 holds completion token j + 1 - prompt_len.
+        prompt_len = batch["prompt_attention_mask"].sum(-1)[b]
+        rows, cols = in_completion[:, 1:].nonzero(as_tuple=True)
+        out = per_row.new_zeros(batch["completion_input_ids"].shape)
+        return out.index_put((b[rows], k[rows], cols + 1 - prompt_len[rows]), per_row[rows, cols])
+    sums = per_row.sum(-1)
     out = torch.zeros(batch["mask"].shape, dtype=sums.dtype, device=sums.device)
-    return out.index_put((index[:, 0], index[:, 1]), sums)
+    return out.index_put((b, k), sums)
 
 
 # ----------------------------------------------------------------------------- chunked LM head
@@ -134,9 +143,12 @@ class Layout:
     targets: Tensor
     owner_b: Tensor
     owner_k: Tensor
+    owner_t: Tensor  # the token's index within its completion
 
 
-def _completion_logps(model: nn.Module, layout: Layout, shape: torch.Size, chunk_size: int | None) -> Tensor:
+def _completion_logps(
+    model: nn.Module, layout: Layout, shape: torch.Size, chunk_size: int | None, per_token_width: int | None = None
+) -> Tensor:
     head = _output_head(model)
     kwargs = {"input_ids": layout.input_ids, "position_ids": layout.position_ids, "use_cache": False}
     if layout.attention_mask is not None:
@@ -149,6 +161,9 @@ def _completion_logps(model: nn.Module, layout: Layout, shape: torch.Size, chunk
     else:
         logits = model(**kwargs).logits[layout.rows, layout.positions].float()
         logps = logits.gather(-1, layout.targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
+    if per_token_width is not None:
+        out = torch.zeros((*shape, per_token_width), dtype=logps.dtype, device=logps.device)
+        return out.index_put((layout.owner_b, layout.owner_k, layout.owner_t), logps)
     out = torch.zeros(shape, dtype=logps.dtype, device=logps.device)
     return out.index_put((layout.owner_b, layout.owner_k), logps, accumulate=True)
 
@@ -199,6 +214,7 @@ def packed_layout(batch: Mapping[str, Tensor]) -> Layout:
         targets=targets,
         owner_b=b[item],
         owner_k=k[item],
+        owner_t=t,
     )
 
 
@@ -252,6 +268,7 @@ def shared_prompt_layout(batch: Mapping[str, Tensor], dtype: torch.dtype) -> Lay
         targets=targets,
         owner_b=b[item],
         owner_k=k[item],
+        owner_t=tok_t,
     )
 
 
@@ -283,15 +300,22 @@ def resolve_strategy(model: nn.Module, strategy: str) -> str:
 
 
 def sequence_logps(
-    model: nn.Module, batch: Mapping[str, Tensor], strategy: str = "baseline", chunk_size: int | None = 1024
+    model: nn.Module,
+    batch: Mapping[str, Tensor],
+    strategy: str = "baseline",
+    chunk_size: int | None = 1024,
+    per_token: bool = False,
 ) -> Tensor:
     """Summed completion log-probs [B, K] of `model` on a collated preference batch
-    (0 for padded items). `chunk_size`: LM-head chunk in tokens (None: one chunk)."""
+    (0 for padded items), or with `per_token` the log-prob of each completion token
+    [B, K, C] (0 past a completion's end). `chunk_size`: LM-head chunk in tokens (None:
+    one chunk)."""
     strategy = resolve_strategy(model, strategy)
     if strategy == "baseline":
-        return baseline_logps(model, batch)
+        return baseline_logps(model, batch, per_token=per_token)
     if strategy == "packed":
         layout = packed_layout(batch)
     else:
         layout = shared_prompt_layout(batch, _model_dtype(model))
-    return _completion_logps(model, layout, batch["mask"].shape, chunk_size)
+    width = batch["completion_input_ids"].size(2) if per_token else None
+    return _completion_logps(model, layout, batch["mask"].shape, chunk_size, width)

@@ -180,25 +180,35 @@ def load_policy(
     quantization: QuantizationConfig | None = None,
     gradient_checkpointing: bool = False,
     gradient_checkpointing_kwargs: dict | None = None,
+    initial_weights: dict[str, torch.Tensor] | None = None,
 ) -> PreTrainedModel:
+    """The policy; `initial_weights` (a state dict of the same architecture, e.g. the
+    reference soup for `model.init_from_reference`) replace its weights before LoRA."""
     if cfg.trust_remote_code:
         logger.warning("model.trust_remote_code is true: code shipped with %s will run", cfg.name_or_path)
     model = _build_or_load(cfg.name_or_path, cfg.config, cfg.init_seed, cfg, quantization, cfg.gguf_file)
+    if initial_weights is not None:
+        model.load_state_dict(initial_weights)
     model.config.use_cache = False  # the KV cache is useless in training and costs memory
     if lora is not None:
         model = add_lora(model, lora, quantization is not None, gradient_checkpointing, gradient_checkpointing_kwargs)
     return model
 
 
-def load_reference(
-    model_cfg: ModelConfig, ref_cfg: ReferenceConfig, quantization: QuantizationConfig | None = None
+def load_reference_weights(
+    model_cfg: ModelConfig,
+    name_or_path: str | None,
+    quantization: QuantizationConfig | None = None,
+    ref_cfg: ReferenceConfig | None = None,
 ) -> PreTrainedModel:
-    """A separate frozen copy: the policy's own checkpoint (or its config and seed), or
-    `reference.name_or_path`. With QLoRA the copy is quantized like the policy's base."""
-    if ref_cfg.name_or_path is not None:
-        model = _build_or_load(ref_cfg.name_or_path, None, 0, model_cfg, quantization)
+    """A frozen model for the reference: the checkpoint `name_or_path`, else
+    `ref_cfg.name_or_path`, else the policy's own checkpoint (or its config and seed).
+    With QLoRA the copy is quantized like the policy's base."""
+    name_or_path = name_or_path or (ref_cfg.name_or_path if ref_cfg is not None else None)
+    if name_or_path is not None:
+        model = _build_or_load(name_or_path, None, 0, model_cfg, quantization)
     else:
-        seed = model_cfg.init_seed if ref_cfg.init_seed is None else ref_cfg.init_seed
+        seed = model_cfg.init_seed if ref_cfg is None or ref_cfg.init_seed is None else ref_cfg.init_seed
         model = _build_or_load(
             model_cfg.name_or_path, model_cfg.config, seed, model_cfg, quantization, model_cfg.gguf_file
         )

@@ -15,20 +15,20 @@ import transformers
 from transformers import set_seed
 
 from alignment.config import Config, ConfigError, dump_config
+from alignment.config.loading import CONFIG_FILENAME
 from alignment.data import build_datasets
 from alignment.data.prompts import build_prompt_datasets
-from alignment.judges import build_judge
-from alignment.losses import build_loss
-from alignment.model_card import render_model_card
-from alignment.models import load_policy, load_reference, load_tokenizer
+from alignment.models import load_policy, load_tokenizer
 from alignment.online.evaluation import GenerationEvaluation, evaluation_prompts
+from alignment.online.judges import build_judge
 from alignment.online.sampler import eos_ids
-from alignment.reference import reference_identity
+from alignment.online.trainer import OnlineTrainer
+from alignment.reference.loading import build_reference
+from alignment.tools.model_card import render_model_card
 from alignment.trainers import PreferenceTrainer
 from alignment.trainers.checkpoints import resolve_resume
 from alignment.trainers.faults import Preempted, PreemptionCallback
 from alignment.trainers.memory import out_of_memory_reported, probe_enabled, probe_longest_batch
-from alignment.trainers.online import OnlineTrainer
 from alignment.trainers.output_dir import (
     DiskSpaceForecast,
     check_free_space,
@@ -39,8 +39,6 @@ from alignment.trainers.output_dir import (
 )
 
 logger = logging.getLogger("alignment")
-
-CONFIG_FILENAME = "alignment_config.yaml"
 
 
 def setup_logging(training_args) -> None:
@@ -56,17 +54,6 @@ def setup_logging(training_args) -> None:
     logger.setLevel(own_level)  # and so every alignment.* module logger
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
-
-
-def needs_separate_reference(config: Config) -> bool:
-    """Whether `precompute` loads its own reference copy. With LoRA the policy with its
-    adapters off is the reference, unless another checkpoint or seed is named, or
-    ZeRO-3 has sharded the policy so that it cannot run outside its engine."""
-    from transformers.integrations import is_deepspeed_zero3_enabled
-
-    reference = config.reference
-    named = reference.name_or_path is not None or reference.init_seed is not None
-    return config.lora is None or named or is_deepspeed_zero3_enabled()
 
 
 def check_backend(config: Config) -> None:
@@ -135,7 +122,7 @@ def train(config: Config) -> dict[str, float]:
 def build_trainer(config: Config, training_args):
     """Tokenizer, data, judge, policy, reference and the trainer that holds them."""
     tokenizer = load_tokenizer(config.model)
-    loss_fn = build_loss(config.loss)
+    loss_fn = config.loss_fn
     with training_args.main_process_first(desc="preprocessing the data"):
         if config.online is None:
             data = build_datasets(config.data, tokenizer, require_order=True)  # logs its report
@@ -145,30 +132,34 @@ def build_trainer(config: Config, training_args):
     # A judge that cannot be imported or loaded fails before the policy is loaded.
     judge = None if config.online is None else build_judge(config.online.judge, training_args.device)
     if judge is not None:
-        logger.info("online: %s sampler, judge: %s", config.online.sampler, judge.name)
+        logger.info(
+            "online: %s sampler, %d samples per prompt, judge: %s",
+            config.online.sampler,
+            config.online.num_samples,
+            judge.name,
+        )
+    # The reference first: a soup the policy starts from must exist before the policy.
+    reference = build_reference(config)
     model = load_policy(
         config.model,
         lora=config.lora,
         quantization=config.quantization,
         gradient_checkpointing=training_args.checkpointing_enabled,
         gradient_checkpointing_kwargs=training_args.checkpointing_kwargs,
+        initial_weights=reference.weights() if config.model.init_from_reference else None,
     )
-    reference = config.reference
-    ref_model = None
-    if reference.type == "model" or (reference.type == "precompute" and needs_separate_reference(config)):
-        ref_model = load_reference(config.model, reference, config.quantization)
     logger.info(
         "loss: %s; reference: %s",
         " + ".join(f"{s.weight} * {s.name}({s.params})" for s in config.loss),
-        reference.type,
+        config.reference.type,
     )
 
     common = dict(
         model=model,
         args=training_args,
         loss_fn=loss_fn,
-        ref_model=ref_model,
-        reference=reference.type,
+        reference=reference,
+        reference_update=config.reference.update,
         processing_class=tokenizer,
         train_dataset=data.train,
         eval_dataset=data.test,
@@ -178,9 +169,8 @@ def build_trainer(config: Config, training_args):
         trainer = PreferenceTrainer(**common)
     else:
         check_online_lengths(config, model)
-        initial = reference.name_or_path is None and reference.init_seed in (None, config.model.init_seed)
-        trainer = OnlineTrainer(judge=judge, online=config.online, reference_is_initial=initial, **common)
-    del ref_model  # the trainer holds the prepared copy (and drops it after a precompute pass)
+        trainer = OnlineTrainer(judge=judge, online=config.online, **common)
+    del reference  # the trainer holds the prepared strategy (and a precompute pass frees its source)
     if config.evaluation is not None:
         trainer.generation_eval = generation_evaluation(config, training_args, tokenizer, model)
     return trainer, data
@@ -212,9 +202,7 @@ def _train_loop(config: Config, training_args, trainer, resume: str | None):
     preemption = PreemptionCallback(trainer.accelerator)
     trainer.add_callback(preemption)
     try:
-        if config.reference.type == "precompute":
-            identity = reference_identity(config.model, config.reference, config.quantization)
-            trainer.precompute_reference(identity, config.reference.precompute_batch_size)
+        trainer.prepare_reference()  # the precompute pass, for reference: precompute
         trainer.start_generation_eval(resume)
         if probe_enabled(training_args.memory_probe, trainer):
             probing = "in the memory probe (one forward and backward of the longest lists, before step 1)"

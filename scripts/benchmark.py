@@ -272,6 +272,7 @@ def run_ours(preset: Preset, directory: Path) -> dict:
     from alignment.config import DataConfig, SourceConfig
     from alignment.data import build_datasets
     from alignment.losses import get_loss
+    from alignment.reference import FrozenModel, Precomputed
     from alignment.trainers import AlignmentTrainingArguments, PreferenceTrainer
 
     tokenizer, policy, reference = _models(preset, directory)
@@ -291,13 +292,12 @@ def run_ours(preset: Preset, directory: Path) -> dict:
         model=policy,
         args=args,
         loss_fn=loss,
-        ref_model=reference,
-        reference="precompute",
+        reference=Precomputed(FrozenModel(reference), {"benchmark": str(directory)}, batch_size=preset.batch),
         processing_class=tokenizer,
         train_dataset=data.train,
     )
     del reference
-    trainer.precompute_reference({"benchmark": str(directory)}, batch_size=preset.batch)
+    trainer.prepare_reference()
     trainer.train()
     wall = time.perf_counter() - start
 

@@ -2,7 +2,7 @@
 
 import sys
 
-from alignment.merge import merge_main
+from alignment.tools.merge import merge_main
 
 if __name__ == "__main__":
     sys.exit(merge_main(sys.argv[1:]))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from alignment.validate import histogram, tied_pairs
+from alignment.tools.validate import histogram, tied_pairs
 from tests.helpers import write_jsonl
 from tests.launch import run, train
 
@@ -88,7 +88,7 @@ def test_validate_counts_every_bad_row_and_fails(tmp_path):
 
 
 def test_validate_counts_the_reasons_when_no_row_is_usable(tmp_path, capsys):
-    from alignment.validate import validate_main
+    from alignment.tools.validate import validate_main
 
     rows = [{"prompt": "1+1=", "chosen": "2"}, {"prompt": "1+1=", "chosen": "2", "rejected": "2"}]
     rows.append({"prompt": "1+2=", "chosen": "", "rejected": "3"})
@@ -102,7 +102,7 @@ def test_validate_counts_the_reasons_when_no_row_is_usable(tmp_path, capsys):
 
 
 def test_validate_runs_the_training_arguments_own_checks(capsys):
-    from alignment.validate import validate_main
+    from alignment.tools.validate import validate_main
 
     overrides = ["--training.load_best_model_at_end=true", "--training.save_strategy=epoch"]
     assert validate_main(["--config", "recipes/tiny/dpo.yaml", *overrides, "--training.eval_strategy=steps"]) == 2

@@ -144,7 +144,10 @@ def test_alignment_losses_lists_every_loss_with_paper_and_defaults(capsys):
     lines = capsys.readouterr().out.splitlines()
     # Each loss is a header line "name: summary" followed by indented paper/formula/parameters lines.
     headers = {line.split(":")[0]: i for i, line in enumerate(lines) if not line.startswith(" ")}
-    assert set(headers) == {"dpo", "ipo", "rdpo", "rpo", "hinge", "lipo", "listmle", "nash_md", "online_ipo"}
+    assert set(headers) == {
+        *("dpo", "ipo", "rdpo", "rpo", "hinge", "lipo", "listmle", "nash_md", "online_ipo"),
+        *("spo", "sppo", "copg", "rloo", "grpo"),
+    }
     expected = {
         "dpo": ("Rafailov et al. 2023", "beta=0.1, label_smoothing=0.0"),
         "ipo": ("Azar et al. 2023", "tau=0.1, length_normalize=True"),

@@ -12,10 +12,10 @@ import torch
 import yaml
 
 from alignment.config import ConfigError, DataConfig, SourceConfig, load_config
-from alignment.judges import JudgeError
-from alignment.online import chat_addition
-from alignment.online.arithmetic_judge import closer_to_sum, exact_sum
-from alignment.online.config import EvaluationConfig, JudgeConfig
+from alignment.online.judges import JudgeError
+from alignment.tasks import chat_addition
+from alignment.tasks.arithmetic import closer_to_sum, exact_sum
+from alignment.config.online import EvaluationConfig, JudgeConfig
 from alignment.online.evaluation import (
     INITIAL_GENERATIONS,
     LATEST_GENERATIONS,
@@ -116,7 +116,7 @@ def test_a_score_function_that_cannot_be_found_fails_at_once():
     with pytest.raises(JudgeError, match="cannot import module 'no_such_module'"):
         ScoreFunction("no_such_module:score")
     with pytest.raises(JudgeError, match="has no attribute 'nope'"):
-        ScoreFunction("alignment.online.chat_addition:nope")
+        ScoreFunction("alignment.tasks.chat_addition:nope")
 
 
 # ---------------------------------------------------------------- the recipe section
@@ -136,11 +136,11 @@ def _recipe(tmp_path, **sections) -> Path:
 
 
 def test_evaluation_section_shorthand_and_defaults(tmp_path):
-    config = load_config(_recipe(tmp_path, evaluation="alignment.online.arithmetic_judge:exact_sum"))
-    assert config.evaluation == EvaluationConfig(score="alignment.online.arithmetic_judge:exact_sum")
+    config = load_config(_recipe(tmp_path, evaluation="alignment.tasks.arithmetic:exact_sum"))
+    assert config.evaluation == EvaluationConfig(score="alignment.tasks.arithmetic:exact_sum")
     assert config.evaluation.temperature == 0.0 and config.resolved["evaluation"]["max_new_tokens"] == 64
-    judged = load_config(_recipe(tmp_path, evaluation={"judge": "alignment.online.arithmetic_judge:closer_to_sum"}))
-    assert judged.evaluation.judge.function == "alignment.online.arithmetic_judge:closer_to_sum"
+    judged = load_config(_recipe(tmp_path, evaluation={"judge": "alignment.tasks.arithmetic:closer_to_sum"}))
+    assert judged.evaluation.judge.function == "alignment.tasks.arithmetic:closer_to_sum"
 
 
 @pytest.mark.parametrize(
@@ -167,11 +167,11 @@ def test_a_bad_evaluation_section_is_refused_at_load(tmp_path, evaluation, data_
 
 def test_an_online_recipe_keeps_its_judge_for_the_win_rate():
     online = ROOT / "recipes" / "tiny" / "nash_md.yaml"
-    judge = "--evaluation.judge=alignment.online.arithmetic_judge:closer_to_sum"
+    judge = "--evaluation.judge=alignment.tasks.arithmetic:closer_to_sum"
     with pytest.raises(ConfigError, match="already reports eval_win_rate_vs_initial, judged by online.judge"):
         load_config(online, [judge])
-    scored = load_config(online, ["--evaluation.score=alignment.online.arithmetic_judge:exact_sum"])
-    assert scored.evaluation.score == "alignment.online.arithmetic_judge:exact_sum"
+    scored = load_config(online, ["--evaluation.score=alignment.tasks.arithmetic:exact_sum"])
+    assert scored.evaluation.score == "alignment.tasks.arithmetic:exact_sum"
 
 
 # ---------------------------------------------------------------- GenerationEvaluation
@@ -185,7 +185,7 @@ def prompts():
 
 
 def _evaluation(prompts, **cfg) -> GenerationEvaluation:
-    cfg = {"score": "alignment.online.arithmetic_judge:exact_sum", "max_new_tokens": 3, "max_prompts": 24, **cfg}
+    cfg = {"score": "alignment.tasks.arithmetic:exact_sum", "max_new_tokens": 3, "max_prompts": 24, **cfg}
     if "judge" in cfg:
         cfg["judge"] = JudgeConfig(**cfg["judge"])
     return GenerationEvaluation(
@@ -221,7 +221,7 @@ def test_answers_are_the_greedy_decode_and_the_accuracy_their_mean_score(prompts
 
     # Another policy: its own greedy answers, scored, and judged against the initial ones.
     other = tiny_model(seed=1).eval()
-    evaluation.judge = _evaluation(prompts, judge={"function": "alignment.online.arithmetic_judge:closer_to_sum"}).judge
+    evaluation.judge = _evaluation(prompts, judge={"function": "alignment.tasks.arithmetic:closer_to_sum"}).judge
     metrics = evaluation.evaluate(other, output_dir=str(tmp_path))
     mine = _greedy_by_generate(other, prompts, 24, 3)
     assert [json.loads(line)["completion"] for line in (tmp_path / LATEST_GENERATIONS).open()] == mine
@@ -241,7 +241,7 @@ def test_answers_are_the_greedy_decode_and_the_accuracy_their_mean_score(prompts
 
 def test_the_initial_policy_against_itself_ties_and_a_resume_reloads_its_answers(prompts, tmp_path):
     model = tiny_model(seed=0).eval()
-    judge = {"function": "alignment.online.arithmetic_judge:closer_to_sum"}
+    judge = {"function": "alignment.tasks.arithmetic:closer_to_sum"}
     evaluation = _evaluation(prompts, judge=judge)
     evaluation.start(model, output_dir=str(tmp_path))
     metrics = evaluation.evaluate(model)

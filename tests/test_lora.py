@@ -11,9 +11,10 @@ import torch
 from alignment.config import ConfigError, LoraConfig, QuantizationConfig, load_config
 from alignment.logprobs import sequence_logps
 from alignment.losses import get_loss
-from alignment.merge import merge_adapter
+from alignment.tools.merge import merge_adapter
 from alignment.models import load_policy
-from alignment.run import CONFIG_FILENAME
+from alignment.config.loading import CONFIG_FILENAME
+from alignment.reference import PolicyBase
 from alignment.trainers import AlignmentTrainingArguments, PreferenceTrainer
 from tests.helpers import (
     TINY,
@@ -70,7 +71,7 @@ def snapshot(model) -> dict[str, torch.Tensor]:
 def test_only_adapter_weights_change_and_reference_is_the_base(data, tmp_path):
     model = load_policy(tiny_model_config(), lora=LORA)
     before = snapshot(model)
-    trainer = train_steps(model, data, tmp_path, reference="adapter")
+    trainer = train_steps(model, data, tmp_path, reference=PolicyBase())
     after = snapshot(model)
     changed = {name for name in before if not torch.equal(before[name], after[name])}
     lora_names = {name for name in before if "lora_" in name}
@@ -87,7 +88,7 @@ def test_only_adapter_weights_change_and_reference_is_the_base(data, tmp_path):
         with model.disable_adapter():
             disabled = sequence_logps(model, batch)
         adapted = sequence_logps(model, batch)
-        from_trainer = trainer._frozen_reference_logps(model, batch)
+        from_trainer = trainer.reference_logps(model, batch)
     # The same base weights through the same ops: bit-identical (0 measured); 1/4 unit is
     # within 1e-6 on log-probs up to about 14.
     assert_float32_close(disabled, expected, ulps=0.25)
@@ -99,7 +100,7 @@ def test_only_adapter_weights_change_and_reference_is_the_base(data, tmp_path):
 def test_adapter_reference_equals_a_separate_reference_copy(data, tmp_path):
     """Both reference kinds see the same base weights, so the same seed gives the same run."""
     live = train_steps(load_policy(tiny_model_config(), lora=LORA), data, tmp_path / "a", ref_model=tiny_model(0))
-    adapter = train_steps(load_policy(tiny_model_config(), lora=LORA), data, tmp_path / "b", reference="adapter")
+    adapter = train_steps(load_policy(tiny_model_config(), lora=LORA), data, tmp_path / "b", reference=PolicyBase())
     losses = [[e["loss"] for e in t.state.log_history if "loss" in e] for t in (live, adapter)]
     assert len(losses[0]) == 4
     assert losses[0][0] == float32_approx(math.log(2), ulps=1)
@@ -110,7 +111,7 @@ def test_gradient_checkpointing_with_lora_trains(data, tmp_path):
     """Frozen embeddings feed checkpointed blocks: without input grads nothing would train."""
     model = load_policy(tiny_model_config(), lora=LORA, gradient_checkpointing=True)
     before = snapshot(model)
-    train_steps(model, data, tmp_path, reference="adapter", gradient_checkpointing=True)
+    train_steps(model, data, tmp_path, reference=PolicyBase(), gradient_checkpointing=True)
     after = snapshot(model)
     assert all(not torch.equal(before[n], after[n]) for n in before if "lora_B" in n)
 
@@ -123,7 +124,7 @@ def test_4bit_loading_trains_on_cpu(data, tmp_path):
     assert len(linear4) == 2 * 7  # q, k, v, o, gate, up, down in each of 2 layers
     assert all(m.weight.quant_type == "nf4" for m in linear4)
     before = snapshot(model)
-    trainer = train_steps(model, data, tmp_path, reference="adapter")
+    trainer = train_steps(model, data, tmp_path, reference=PolicyBase())
     after = snapshot(model)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert losses[0] == float32_approx(math.log(2), ulps=1)  # policy == reference at step 0
@@ -144,7 +145,7 @@ def test_4bit_loading_trains_on_cpu(data, tmp_path):
 
 def test_merged_model_reproduces_the_adapter_model(data, tmp_path):
     model = load_policy(tiny_model_config(), lora=LORA)
-    trainer = train_steps(model, data, tmp_path / "run", reference="adapter")
+    trainer = train_steps(model, data, tmp_path / "run", reference=PolicyBase())
     trainer.save_model(str(tmp_path / "run"))
     config = load_config(
         TINY / "dpo.yaml", [f"--training.output_dir={tmp_path / 'run'}", "--lora.r=4", "--reference.type=adapter"]

@@ -12,8 +12,8 @@ import torch
 from alignment.config import ConfigError, DataConfig, SourceConfig, load_config
 from alignment.data import BadRowError
 from alignment.data.prompts import build_prompt_datasets
-from alignment.judges import CallableJudge, JudgeError
-from alignment.online.arithmetic_judge import closer_to_sum
+from alignment.online.judges import CallableJudge, JudgeError
+from alignment.tasks.arithmetic import closer_to_sum
 from tests.helpers import ASSISTANT, EOS, char_ids, tiny_tokenizer, write_jsonl
 from tests.launch import accelerate_launch, log_history, train
 
@@ -143,10 +143,10 @@ def test_a_missing_judge_fails_before_any_model_loads(tmp_path):
 
 
 def test_judge_probabilities_are_checked_in_process():
-    judge = CallableJudge("alignment.online.arithmetic_judge:closer_to_sum")
+    judge = CallableJudge("alignment.tasks.arithmetic:closer_to_sum")
     assert judge(["3+4="], [("7", "8")]).tolist() == [1.0]
-    with pytest.raises(JudgeError, match="alignment.online.arithmetic_judge:true_sum"):
-        CallableJudge("alignment.online.arithmetic_judge:true_sum")(["3+4="], [("7", "8")])
+    with pytest.raises(JudgeError, match="alignment.tasks.arithmetic:true_sum"):
+        CallableJudge("alignment.tasks.arithmetic:true_sum")(["3+4="], [("7", "8")])
 
 
 # --------------------------------------------------------------------------- config
@@ -231,20 +231,25 @@ def test_missing_judge_section_is_named():
 
 def test_missing_eos_penalty_shifts_the_preference():
     """P(y0 > y1) += penalty * (missing(y1) - missing(y0)), clipped to [0, 1]."""
-    from alignment.online.sampler import Samples
-    from alignment.trainers.online import OnlineTrainer
+    from alignment.online.judges import Judge
+    from alignment.online.sampler import GroupSamples
+    from alignment.online.trainer import OnlineTrainer
+
+    class Fixed(Judge):
+        def _probabilities(self, prompts, pairs):
+            return [0.5, 0.9, 0.2]
 
     class Stub:
         online = type("O", (), {"missing_eos_penalty": 0.5})()
         args = type("A", (), {"device": torch.device("cpu")})()
-        judge = staticmethod(lambda prompts, pairs: torch.tensor([0.5, 0.9, 0.2]))
+        judge = Fixed()
 
         def _decode(self, samples):
-            return ["7"] * 3
+            return [["7", "8"]] * 3
 
-    def samples(finished):
-        ids = torch.ones(3, 2, dtype=torch.long)
-        return Samples(ids, torch.ones_like(ids), torch.tensor(finished))
-
-    p = OnlineTrainer._judge(Stub(), ["3+4="] * 3, samples([True, False, True]), samples([False, False, True]))
-    assert p.tolist() == pytest.approx([1.0, 0.9, 0.2])
+    ids = torch.ones(3, 2, 2, dtype=torch.long)
+    finished = torch.tensor([[True, False], [False, False], [True, True]])
+    samples = GroupSamples(ids, torch.ones_like(ids), finished, torch.tensor([True, True]))
+    feedback = OnlineTrainer._judge(Stub(), ["3+4="] * 3, samples)
+    assert feedback.preferences[:, 0, 1].tolist() == pytest.approx([1.0, 0.9, 0.2])
+    assert feedback.preferences[:, 1, 0].tolist() == pytest.approx([0.0, 0.1, 0.8])

@@ -18,17 +18,17 @@ import torch
 from tokenizers import Tokenizer, models
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from alignment.judges import Judge
+from alignment.online.judges import Judge
 from alignment.losses import get_loss
-from alignment.online.config import JudgeConfig, OnlineConfig
-from alignment.online.tabular import (
+from alignment.config.online import JudgeConfig, OnlineConfig
+from alignment.tabular_nash import (
     cyclic_preference_matrix,
     geometric_mixture,
     regularized_nash_equilibrium,
     total_variation,
 )
 from alignment.trainers import AlignmentTrainingArguments
-from alignment.trainers.online import OnlineTrainer
+from alignment.online.trainer import OnlineTrainer
 
 # Each test launches training runs (seconds to a minute each): the full suite runs them, the fast tier does not.
 pytestmark = pytest.mark.slow
@@ -134,7 +134,6 @@ def test_online_trainer_converges_to_the_regularised_equilibrium(loss, sampler, 
         judge=MatrixJudge(),
         online=online,
         ref_model=reference,
-        reference="model",
         processing_class=tokenizer,
         train_dataset=prompts,
     )

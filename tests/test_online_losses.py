@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from alignment.losses import SequenceLogps, get_loss
-from alignment.online.tabular import (
+from alignment.tabular_nash import (
     cyclic_preference_matrix,
     geometric_mixture,
     regularized_nash_equilibrium,

@@ -173,6 +173,7 @@ def _train(
 ):
     from alignment.config import DataConfig, SourceConfig
     from alignment.data import build_datasets
+    from alignment.reference import FrozenModel, PolicyBase, Precomputed
     from alignment.trainers import AlignmentTrainingArguments, PreferenceTrainer
     from tests.helpers import write_jsonl
 
@@ -194,11 +195,13 @@ def _train(
         seed=0,
         forward=forward,
     )
-    reference = "adapter" if "lora" in model_kwargs else "precompute"
-    ref_model = None if "lora" in model_kwargs else load_policy(ModelConfig(name_or_path=str(smollm2), dtype="float32"))
+    if "lora" in model_kwargs:
+        reference = PolicyBase()
+    else:  # other batches than training's
+        frozen = FrozenModel(load_policy(ModelConfig(name_or_path=str(smollm2), dtype="float32")))
+        reference = Precomputed(frozen, {"test": "smollm2"}, batch_size=3)
     trainer = PreferenceTrainer(
         model=model,
-        ref_model=ref_model,
         args=args,
         loss_fn=get_loss("dpo", beta=0.1),
         reference=reference,
@@ -206,8 +209,7 @@ def _train(
         train_dataset=data.train,
         eval_dataset=data.test,
     )
-    if reference == "precompute":
-        trainer.precompute_reference({"test": "smollm2"}, batch_size=3)  # other batches than training's
+    trainer.prepare_reference()
     held_out = [trainer.evaluate()["eval_loss"]] if eval_rows else []
     trainer.train()
     held_out += [trainer.evaluate()["eval_loss"]] if eval_rows else []
@@ -270,7 +272,7 @@ def test_the_smollm2_recipes_load_and_their_data_goes_through_the_chat_template(
 
     config = load_config(ROOT / "recipes" / "smollm2-135m" / f"{recipe}.yaml")
     assert config.model.name_or_path == str(smollm2)  # `~` expanded to the cached export
-    assert config.evaluation.score == "alignment.online.chat_addition:score"
+    assert config.evaluation.score == "alignment.tasks.chat_addition:score"
     build = build_prompt_datasets if config.online else build_datasets
     data = build(config.data, tokenizer)
     assert len(data.train) == 200 and len(data.test) == 100  # fraction 0.5 of the 400 training pairs
@@ -287,7 +289,7 @@ def test_greedy_evaluation_on_smollm2_is_transformers_greedy_decode(smollm2, pol
     """The recipes' evaluation on 12 held-out prompts: the same answers as `generate`
     (greedy, one prompt at a time, stopping at <|im_end|>), graded by the task's score."""
     from alignment.config import load_config
-    from alignment.online.chat_addition import score
+    from alignment.tasks.chat_addition import score
     from alignment.online.evaluation import GenerationEvaluation, evaluation_prompts
     from tests.helpers import ROOT
 

@@ -74,4 +74,4 @@ def test_the_only_code_a_recipe_names_is_a_judge_function():
     with pytest.raises(ConfigError, match="'module:function'"):
         load_config(ROOT / "recipes/tiny/nash_md.yaml", ["--online.judge=os.system"])
     config = load_config(ROOT / "recipes/tiny/nash_md.yaml")
-    assert config.online.judge.function == "alignment.online.arithmetic_judge:closer_to_sum"
+    assert config.online.judge.function == "alignment.tasks.arithmetic:closer_to_sum"

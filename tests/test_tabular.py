@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from alignment.online.tabular import (
+from alignment.tabular_nash import (
     best_response,
     cyclic_preference_matrix,
     duality_gap,

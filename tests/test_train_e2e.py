@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 def test_tiny_dpo_recipe_learns_the_task(tmp_path):
     out = tmp_path / "dpo"
-    score = "alignment.online.arithmetic_judge:exact_sum"
+    score = "alignment.tasks.arithmetic:exact_sum"
     train("dpo", out, f"--evaluation.score={score}", "--evaluation.max_new_tokens=3")
     final = json.loads((out / "eval_results.json").read_text())
     start = next(entry for entry in log_history(out) if "eval_reward_accuracy" in entry)
@@ -31,7 +31,7 @@ def test_tiny_dpo_recipe_learns_the_task(tmp_path):
     assert losses[-1] < losses[0] - 0.1
 
     # evaluation: the greedy answers written beside eval_results.json, scored again here.
-    from alignment.online.arithmetic_judge import exact_sum
+    from alignment.tasks.arithmetic import exact_sum
 
     def accuracy(name: str) -> float:
         rows = [json.loads(line) for line in (out / name).read_text().splitlines()]

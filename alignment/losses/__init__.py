@@ -3,7 +3,7 @@
 Importing this package registers every built-in loss (the modules below register
 themselves with `@register_loss` on import)."""
 
-from alignment.losses import listwise, online, pairwise  # noqa: F401  (registration side effects)
+from alignment.losses import copg, listwise, online, pairwise, policy_gradient, self_play  # noqa: F401  (registration)
 from alignment.losses.base import (
     LossOutput,
     LossParameterError,
@@ -15,7 +15,7 @@ from alignment.losses.base import (
     loss_class,
     register_loss,
 )
-from alignment.losses.composite import CompositeLoss, build_loss
+from alignment.losses.composite import CompositeLoss, build_loss, loss_terms
 from alignment.losses.metrics import reward_metrics
 from alignment.losses.pairs import PAIR_MODES, pair_mask
 from alignment.losses.pairwise import PairwiseLoss
@@ -33,6 +33,7 @@ __all__ = [
     "build_loss",
     "get_loss",
     "loss_class",
+    "loss_terms",
     "pair_mask",
     "register_loss",
     "reward_metrics",

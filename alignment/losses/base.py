@@ -14,6 +14,20 @@ from torch import Tensor
 
 
 @dataclass
+class TokenLogps:
+    """Per-token log-probs of the completion tokens, [B, K, T], for token-level losses
+    (`needs_tokens`). `policy` carries the gradient and sums over T to
+    `SequenceLogps.policy`; `old_policy` holds the log-probs under the policy that
+    sampled the completions (detached; None: the current policy, i.e. one update per
+    batch); `mask` marks real completion tokens."""
+
+    policy: Tensor
+    reference: Tensor | None
+    old_policy: Tensor | None
+    mask: Tensor
+
+
+@dataclass
 class SequenceLogps:
     """Per-completion log-probs of a batch of B prompts with K completions each.
 
@@ -21,6 +35,9 @@ class SequenceLogps:
     reference-free losses. `mask` marks the real list items (lists shorter than K are
     padded); padded items may hold any finite value and must never change a loss.
     `lengths` are completion token counts (>= 1 for real items).
+
+    Online, `preferences` [B, K, K] holds the judge's P(y_i > y_j) (P_ji = 1 - P_ij,
+    diagonal 1/2), and `tokens` the per-token log-probs when the loss asks for them.
     """
 
     policy: Tensor
@@ -28,6 +45,8 @@ class SequenceLogps:
     scores: Tensor
     mask: Tensor
     lengths: Tensor
+    preferences: Tensor | None = None
+    tokens: TokenLogps | None = None
 
     def logratios(self) -> Tensor:
         """policy - reference (policy alone when there is no reference)."""
@@ -46,12 +65,31 @@ class SequenceLogps:
         def clean(t: Tensor | None, fill: float) -> Tensor | None:
             return None if t is None else torch.where(mask, t, torch.full_like(t, fill))
 
+        preferences = None
+        if self.preferences is not None:
+            real = mask[:, :, None] & mask[:, None, :]
+            preferences = torch.where(real, self.preferences, torch.full_like(self.preferences, 0.5))
+        tokens = None
+        if self.tokens is not None:
+            token_mask = self.tokens.mask.bool() & mask[:, :, None]
+
+            def clean_tokens(t: Tensor | None) -> Tensor | None:
+                return None if t is None else torch.where(token_mask, t, torch.zeros_like(t))
+
+            tokens = TokenLogps(
+                policy=clean_tokens(self.tokens.policy),
+                reference=clean_tokens(self.tokens.reference),
+                old_policy=clean_tokens(self.tokens.old_policy),
+                mask=token_mask,
+            )
         return SequenceLogps(
             policy=clean(self.policy, 0.0),
             reference=clean(self.reference, 0.0),
             scores=clean(self.scores, 0.0),
             mask=mask,
             lengths=clean(self.lengths, 1).clamp(min=1),
+            preferences=preferences,
+            tokens=tokens,
         )
 
 
@@ -87,7 +125,19 @@ class PreferenceLoss:
     forward entirely), `online_only` (the loss learns from judged on-line samples, with
     `scores` = [P(y0 > y1), P(y1 > y0)], and cannot train on a fixed dataset) and
     `first_item_from_policy` (online: item 0 must be sampled from the policy itself,
-    whatever the recipe's sampler; item 1 comes from the sampler)."""
+    whatever the recipe's sampler; the other items come from the sampler).
+
+    Online, `feedback` says what the trainer puts in `scores`: "preferences" (each
+    item's leave-one-out win rate 1/(K-1) sum_{j != i} P(y_i > y_j); for K = 2,
+    [P(y0 > y1), P(y1 > y0)]), "rewards" (a scalar reward per completion; a preference
+    judge's win rates serve as rewards) or "any" (whatever the judge gives). A reward
+    judge feeds a preference loss through Bradley-Terry, P = sigmoid(r_i - r_j).
+    `num_samples` is the K a loss requires (None: any K >= 2), `needs_tokens` asks for
+    per-token log-probs, and `reuses_samples` marks a loss with an importance-ratio
+    surrogate that may train several updates on one batch of samples.
+
+    A flag that depends on a parameter (e.g. no reference when a KL weight is 0) is a
+    property of the instance; the config and trainers read every flag from instances."""
 
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
@@ -95,6 +145,10 @@ class PreferenceLoss:
     needs_reference: ClassVar[bool] = True
     online_only: ClassVar[bool] = False
     first_item_from_policy: ClassVar[bool] = False
+    feedback: ClassVar[str] = "any"
+    num_samples: ClassVar[int | None] = None
+    needs_tokens: ClassVar[bool] = False
+    reuses_samples: ClassVar[bool] = False
 
     @property
     def reward_scale(self) -> float:

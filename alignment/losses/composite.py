@@ -28,6 +28,21 @@ class CompositeLoss(PreferenceLoss):
         self.needs_reference = any(loss.needs_reference for _, loss in self.terms)
         self.online_only = any(loss.online_only for _, loss in self.terms)
         self.first_item_from_policy = any(loss.first_item_from_policy for _, loss in self.terms)
+        self.needs_tokens = any(loss.needs_tokens for _, loss in self.terms)
+        self.reuses_samples = any(loss.reuses_samples for _, loss in self.terms)
+        feedback = {loss.feedback for _, loss in self.terms} - {"any"}
+        if len(feedback) > 1:
+            raise LossParameterError(
+                f"the loss terms need different online feedback ({', '.join(sorted(feedback))}) in `scores`; "
+                "combine terms that read the same kind"
+            )
+        self.feedback = feedback.pop() if feedback else "any"
+        samples = {loss.num_samples for _, loss in self.terms} - {None}
+        if len(samples) > 1:
+            raise LossParameterError(
+                f"the loss terms require different numbers of samples per prompt: {sorted(samples)}"
+            )
+        self.num_samples = samples.pop() if samples else None
         self.name = " + ".join(f"{weight:g} * {loss.name}" for weight, loss in self.terms)
         self._keys: list[str] = []
         for i, (_, loss) in enumerate(self.terms):
@@ -73,8 +88,18 @@ def build_loss(specs: Iterable[Any]) -> PreferenceLoss:
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
             raise LossParameterError(f"loss {name!r}: weight must be a finite number >= 0, got {weight!r}")
         terms.append((float(weight), get_loss(name, **dict(_field(spec, "params", None) or {}))))
+    return combine(terms)
+
+
+def combine(terms: list[tuple[float, PreferenceLoss]]) -> PreferenceLoss:
+    """One term of weight 1.0 as the loss itself; anything else as a CompositeLoss."""
     if not terms:
         raise LossParameterError("no loss given: expected at least one loss spec")
     if len(terms) == 1 and terms[0][0] == 1.0:
         return terms[0][1]
     return CompositeLoss(terms)
+
+
+def loss_terms(loss: PreferenceLoss) -> list[PreferenceLoss]:
+    """The registered losses a (possibly composite) loss is made of."""
+    return [term for _, term in loss.terms] if isinstance(loss, CompositeLoss) else [loss]

@@ -60,6 +60,8 @@ class NashMDLoss(OnlineLoss):
     formula = "-stopgrad(P(y > y') - 1/2 - tau (log pi(y) - log mu(y))) * log pi(y), y ~ pi, y' ~ sampler"
     online_only = True
     first_item_from_policy = True
+    feedback = "preferences"
+    num_samples = 2
 
     tau: float = 0.008
 
@@ -98,6 +100,8 @@ class OnlineIPOLoss(OnlineLoss):
     paper = "Calandriello et al. 2024, Human Alignment of Large Language Models through Online Preference Optimisation"
     formula = "p (h - c)^2 + (1 - p) (-h - c)^2, c = 1/(2 tau), p = P(y > y'), h = rho(y) - rho(y')"
     online_only = True
+    feedback = "preferences"
+    num_samples = 2
 
     tau: float = 0.1
 

@@ -1,1 +1,1 @@
-"""Online preference optimisation: sampling, the tabular theory, and built-in judges."""
+"""Everything online: samplers, judges and their feedback, the online trainer, and evaluation by generation."""

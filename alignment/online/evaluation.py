@@ -20,9 +20,9 @@ import torch
 from accelerate.utils import gather_object
 from torch import Tensor, nn
 
+from alignment.config.online import EvaluationConfig
 from alignment.data import PromptCollator
-from alignment.judges import Judge, JudgeError, Prompt, build_judge, import_function
-from alignment.online.config import EvaluationConfig
+from alignment.online.judges import Judge, JudgeError, Prompt, build_judge, import_function
 from alignment.online.sampler import GenerationSettings, ModelStream, sample
 
 INITIAL_GENERATIONS = "initial_generations.jsonl"

@@ -195,3 +195,99 @@ def eos_ids(*candidates: int | Iterable[int] | None) -> tuple[int, ...]:
             if token not in out:
                 out.append(int(token))
     return tuple(out)
+
+
+# ----------------------------------------------------------------------------- K samples per prompt
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """Where one sample of a prompt is drawn from: the m = `coef` geometric mixture of
+    the policy (m = 0) and the reference (m = 1). `from_policy` says whether the sample
+    is the policy's own (the losses' policy-gradient and KL terms need to know)."""
+
+    name: str
+    coef: float
+    from_policy: bool
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.coef > 0.0
+
+
+POLICY = Sampler("policy", 0.0, True)
+REFERENCE = Sampler("reference", 1.0, False)
+
+
+def mixture(coef: float) -> Sampler:
+    """pi_m ∝ pi^(1 - m) mu^m; m = 0 is the policy itself."""
+    return POLICY if coef == 0.0 else Sampler("mixture", coef, False)
+
+
+SAMPLERS = {"policy": lambda coef: POLICY, "reference": lambda coef: REFERENCE, "mixture": mixture}
+
+
+def build_sampler(name: str, mixture_coef: float) -> Sampler:
+    """The recipe's `online.sampler` (`policy`, `reference` or `mixture` with `mixture_coef`)."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; available: {', '.join(SAMPLERS)}")
+    return SAMPLERS[name](mixture_coef)
+
+
+@dataclass
+class GroupSamples:
+    """K completions per prompt: ids and mask [B, K, T] (right-padded), `finished` [B, K],
+    and `from_policy` [K] (which slots the policy itself sampled)."""
+
+    completion_ids: Tensor
+    completion_mask: Tensor
+    finished: Tensor
+    from_policy: Tensor
+
+    @property
+    def lengths(self) -> Tensor:
+        return self.completion_mask.sum(-1)
+
+
+def draw(
+    slots: list[Sampler],
+    policy: ModelStream | None,
+    reference: ModelStream | None,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    settings: GenerationSettings,
+    generator: torch.Generator | None = None,
+) -> GroupSamples:
+    """One completion per prompt for each slot (K = len(slots)). Slots with the same
+    sampler are drawn together, each prompt repeated for them, in one `sample` call."""
+    batch, k = prompt_ids.size(0), len(slots)
+    groups: dict[Sampler, list[int]] = {}
+    for slot, sampler in enumerate(slots):
+        groups.setdefault(sampler, []).append(slot)
+    parts: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
+    for sampler, members in groups.items():
+        n = len(members)
+        drawn = sample(
+            policy,
+            reference,
+            prompt_ids.repeat_interleave(n, 0),
+            prompt_mask.repeat_interleave(n, 0),
+            sampler.coef,
+            settings,
+            generator,
+        )
+        for j, slot in enumerate(members):
+            rows = slice(j, None, n)  # row b * n + j is prompt b's j-th sample of this sampler
+            parts[slot] = (drawn.completion_ids[rows], drawn.completion_mask[rows], drawn.finished[rows])
+    width = max(ids.size(1) for ids, _, _ in parts.values())
+
+    def stacked(index: int) -> Tensor:
+        return torch.stack(
+            [nn.functional.pad(parts[slot][index], (0, width - parts[slot][index].size(1))) for slot in range(k)], 1
+        )
+
+    ids, mask = stacked(0), stacked(1)
+    finished = torch.stack([parts[slot][2] for slot in range(k)], 1)
+    from_policy = torch.tensor([s.from_policy for s in slots], dtype=torch.bool, device=ids.device)
+    assert ids.shape[:2] == (batch, k)
+    return GroupSamples(completion_ids=ids, completion_mask=mask, finished=finished, from_policy=from_policy)

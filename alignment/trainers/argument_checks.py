@@ -153,7 +153,7 @@ def _check_number(name: str, value: Any, kind: type, default: Any) -> None:
 
 
 def _check_type(name: str, value: Any, annotation: Any) -> None:
-    from alignment.config_schema import ConfigError, _coerce
+    from alignment.config.schema import ConfigError, _coerce
 
     try:
         _coerce(value, annotation, f"training.{name}")

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import torch
 
 from alignment.config import Config
+from alignment.reference import reference_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def probe_enabled(setting: str, trainer: Any) -> bool:
     owns backward); `on` forces it (also on CPU); `off` skips it."""
     if setting != "auto":
         return setting == "on"
-    from alignment.trainers.online import OnlineTrainer
+    from alignment.online.trainer import OnlineTrainer
 
     offline = not isinstance(trainer, OnlineTrainer)
     return trainer.args.device.type not in ("cpu", "meta") and not trainer.is_deepspeed_enabled and offline
@@ -128,7 +129,7 @@ def out_of_memory_advice(config: Config, args: Any, where: str, error: BaseExcep
         f"data.max_length (now {config.data.max_length}) and data.max_prompt_length "
         f"(now {config.data.max_prompt_length}) shorter: the longest list sets the batch's size"
     )
-    if config.reference.type == "model":
+    if reference_strategy(config.reference.type).holds_copy:
         knobs.append("reference: precompute (now model: a second copy of the weights is in memory while training)")
     if config.lora is None:
         knobs.append("a `lora:` section (LoRA trains adapters only: no gradients or optimizer state for the base)")

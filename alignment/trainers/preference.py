@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -13,11 +12,14 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel, Trainer
 from trl.models.utils import unwrap_model_for_generation
 
+from alignment.config import ReferenceUpdateConfig
 from alignment.data import PreferenceCollator
 from alignment.logprobs import sequence_logps
 from alignment.losses import LossOutput, PreferenceLoss, SequenceLogps
+from alignment.losses.base import TokenLogps
 from alignment.online.evaluation import GenerationEvaluation
-from alignment.reference import REFERENCE_COLUMN, add_reference_logps, prepare_frozen_model
+from alignment.reference import FrozenModel, NoReference, Reference
+from alignment.reference.updates import ReferenceUpdate
 from alignment.trainers.arguments import AlignmentTrainingArguments
 from alignment.trainers.checkpoints import mark_complete
 from alignment.trainers.faults import guard_nonfinite
@@ -31,32 +33,31 @@ class PreferenceTrainer(Trainer):
     computes the loss and reports the shared metric vocabulary (`rewards/*`,
     `reward_accuracy`, the loss's parts), exactly averaged over processes.
 
-    `reference` says where reference log-probs come from: `model` (the frozen
-    `ref_model`), `adapter` (the PEFT policy with its adapters disabled), `precompute`
-    (a `reference_logps` column filled by `precompute_reference` before training, from
-    `ref_model` or else the adapter-disabled policy) or `none`."""
+    `reference` is a strategy from `alignment.reference` (a frozen model, the LoRA
+    policy's base, precomputed log-probs, a soup or none); `ref_model`, as in TRL, is the
+    shorthand for a frozen copy. A reference-free loss drops whichever is given."""
 
     def __init__(
         self,
         model: PreTrainedModel | nn.Module,
         args: AlignmentTrainingArguments,
         loss_fn: PreferenceLoss,
+        reference: Reference | None = None,
         ref_model: PreTrainedModel | nn.Module | None = None,
-        reference: str | None = None,
         processing_class=None,
         data_collator=None,
         model_card: Callable[[Mapping[str, float]], str] | None = None,
+        reference_update: ReferenceUpdateConfig | None = None,
         **kwargs: Any,
     ) -> None:
-        reference = reference or ("model" if ref_model is not None else "none")
+        if reference is not None and ref_model is not None:
+            raise ValueError("give reference (a strategy) or ref_model (a frozen copy), not both")
+        if reference is None:
+            reference = NoReference() if ref_model is None else FrozenModel(ref_model)
         if not loss_fn.needs_reference:
-            reference, ref_model = "none", None
-        elif reference == "none" or (reference == "model" and ref_model is None):
-            raise ValueError(f"loss {loss_fn.name!r} needs a reference: pass ref_model, or reference='adapter'")
-        if reference == "adapter" and not hasattr(model, "disable_adapter"):
-            raise ValueError("reference='adapter' needs a PEFT model (the policy with LoRA adapters)")
-        if reference == "precompute" and ref_model is None and not hasattr(model, "disable_adapter"):
-            raise ValueError("reference='precompute' needs ref_model, or a PEFT policy whose base is the reference")
+            reference = NoReference()
+        elif not reference.gives_logps:
+            raise ValueError(f"loss {loss_fn.name!r} needs a reference: pass ref_model, or reference=PolicyBase()")
         if data_collator is None:
             data_collator = PreferenceCollator(pad_token_id=processing_class.pad_token_id)
         super().__init__(
@@ -67,7 +68,16 @@ class PreferenceTrainer(Trainer):
         # Trainer must divide it by the accumulation steps itself.
         self.model_accepts_loss_kwargs = False
         self.reference = reference
-        self.ref_model = None if ref_model is None else prepare_frozen_model(ref_model, self.accelerator)
+        reference.attach(self.accelerator, self.accelerator.unwrap_model)
+        if reference_update is not None:
+            if not reference.updatable:
+                raise ValueError(f"reference.update: a {reference.type!r} reference cannot follow the policy")
+            unwrap = self.accelerator.unwrap_model
+            self.add_callback(
+                ReferenceUpdate(
+                    unwrap(reference.model), unwrap(self.model), reference_update.every, reference_update.alpha
+                )
+            )
         self._metrics = {"train": MetricAccumulator(), "eval": MetricAccumulator()}
         self.nonfinite_skipped = 0
         self.model_card = model_card
@@ -76,7 +86,7 @@ class PreferenceTrainer(Trainer):
         self._generation_metrics: dict[str, float] = {}
 
     def create_model_card(self, **kwargs: Any) -> None:
-        """Our card (`alignment.model_card`: base model, data, loss, final metrics), which
+        """Our card (`alignment.tools.model_card`: base model, data, loss, final metrics), which
         `push_to_hub` uploads, instead of transformers' generic one; without a card
         renderer, transformers' own."""
         if self.model_card is None:
@@ -118,76 +128,54 @@ class PreferenceTrainer(Trainer):
                 self._generation_metrics = self.generation_eval.evaluate(unwrapped, self.args.output_dir)
         return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
 
-    @contextlib.contextmanager
-    def _adapters_disabled(self, model: nn.Module):
-        """The bare PEFT model with its adapters off: the base weights, i.e. the reference."""
-        unwrapped = self.accelerator.unwrap_model(model)
-        with unwrapped.disable_adapter():
-            yield unwrapped
-
-    def _frozen_reference_logps(self, model: nn.Module, inputs: Mapping[str, Tensor]) -> Tensor:
-        with torch.no_grad():
-            if self.ref_model is not None:
-                return self._logps(self.ref_model, inputs)
-            with self._adapters_disabled(model) as base:
-                return self._logps(base, inputs)
-
     def reference_logps(self, model: nn.Module, inputs: Mapping[str, Tensor]) -> Tensor | None:
-        if self.reference == "none":
-            return None
-        if REFERENCE_COLUMN in inputs:
-            return inputs[REFERENCE_COLUMN]
-        if self.reference == "precompute":
-            raise RuntimeError(
-                "reference='precompute' but the batch has no reference_logps: call precompute_reference()"
-            )
-        return self._frozen_reference_logps(model, inputs)
+        return self.reference.logps(model, inputs, self._logps)
 
-    def precompute_reference(self, identity: Mapping[str, Any], batch_size: int) -> None:
-        """One pass over the train and eval data writing `reference_logps` (cached with
-        the dataset under a fingerprint of `identity` and the data), then free the
-        reference so that none is in memory while training."""
-        if self.reference != "precompute":
-            raise ValueError(f"precompute_reference needs reference='precompute', not {self.reference!r}")
-        model = self.model if self.ref_model is None else None
-        if model is not None:
-            model.to(self.args.device)
-        was_training = model is not None and model.training
-        if model is not None:
-            model.eval()  # no dropout: the reference is the deterministic base model
-
-        def logps_fn(batch: Mapping[str, Tensor]) -> Tensor:
-            return self._frozen_reference_logps(model, batch)
-
+    def prepare_reference(self) -> None:
+        """The reference's work before step 1: for `precompute`, one pass over the train
+        and eval data writing `reference_logps` (cached with the dataset), after which
+        the reference is freed. Other strategies have nothing to do."""
         splits = {"train": self.train_dataset, "eval": self.eval_dataset}
-        for split, dataset in splits.items():
-            if dataset is None:
-                continue
-            dataset = add_reference_logps(
-                dataset, identity, logps_fn, self.data_collator, batch_size, self.accelerator, split
-            )
-            if split == "train":
-                self.train_dataset = dataset
-            else:
-                self.eval_dataset = dataset
-        if was_training:
-            model.train()
-        self.ref_model = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        filled = self.reference.before_training(splits, self.model, self._logps, self.data_collator, self.args.device)
+        self.train_dataset = filled.get("train", self.train_dataset)
+        self.eval_dataset = filled.get("eval", self.eval_dataset)
 
     def _logps(self, model: nn.Module, inputs: Mapping[str, Tensor]) -> Tensor:
         return sequence_logps(model, inputs, self.args.forward, self.args.logprob_chunk_size or None)
 
-    def batch_logps(self, model: nn.Module, inputs: Mapping[str, Tensor]) -> SequenceLogps:
-        """The loss's input for a collated batch: policy (with grad) and reference log-probs."""
+    def _token_logps(self, model: nn.Module, inputs: Mapping[str, Tensor]) -> Tensor:
+        return sequence_logps(model, inputs, self.args.forward, self.args.logprob_chunk_size or None, per_token=True)
+
+    def batch_logps(
+        self, model: nn.Module, inputs: Mapping[str, Tensor], per_token: bool | None = None, **extra: Any
+    ) -> SequenceLogps:
+        """The loss's input for a collated batch: policy (with grad) and reference
+        log-probs, per token too when the loss reads them (`needs_tokens`, unless
+        `per_token` says otherwise). `extra` adds fields (online: `preferences`, and
+        `old_policy` token log-probs)."""
+        old_policy = extra.pop("old_policy", None)
+        if not (self.loss_fn.needs_tokens if per_token is None else per_token):
+            return SequenceLogps(
+                policy=self._logps(model, inputs),
+                reference=self.reference_logps(model, inputs),
+                scores=inputs["scores"],
+                mask=inputs["mask"],
+                lengths=inputs["lengths"],
+                **extra,
+            )
+        policy = self._token_logps(model, inputs)
+        reference = self.reference.logps(model, inputs, self._token_logps)
+        tokens = TokenLogps(
+            policy=policy, reference=reference, old_policy=old_policy, mask=inputs["completion_attention_mask"].bool()
+        )
         return SequenceLogps(
-            policy=self._logps(model, inputs),
-            reference=self.reference_logps(model, inputs),
+            policy=policy.sum(-1),
+            reference=None if reference is None else reference.sum(-1),
             scores=inputs["scores"],
             mask=inputs["mask"],
             lengths=inputs["lengths"],
+            tokens=tokens,
+            **extra,
         )
 
     def compute_loss(

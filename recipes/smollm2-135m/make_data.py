@@ -1,4 +1,4 @@
-"""Writes the SmolLM2 recipes' data: one-digit addition in chat (`alignment.online.chat_addition`).
+"""Writes the SmolLM2 recipes' data: one-digit addition in chat (`alignment.tasks.chat_addition`).
 
 - The 100 sums a+b (a, b in 0..9) are split by sum, not by prompt: 20 held-out (a, b)
   never appear in training, in any phrasing.
@@ -19,7 +19,7 @@ import json
 import random
 from pathlib import Path
 
-from alignment.online.chat_addition import PHRASINGS, is_right
+from alignment.tasks.chat_addition import PHRASINGS, is_right
 
 HERE = Path(__file__).parent / "data"
 

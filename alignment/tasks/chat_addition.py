@@ -6,9 +6,9 @@ integer in the text ("The sum of 3 and 4 is 7."); a completion with no integer g
 answer. `score` is the recipes' evaluation, `judge` their online judge:
 
     evaluation:
-      score: alignment.online.chat_addition:score
+      score: alignment.tasks.chat_addition:score
     online:
-      judge: alignment.online.chat_addition:judge
+      judge: alignment.tasks.chat_addition:judge
 """
 
 from __future__ import annotations

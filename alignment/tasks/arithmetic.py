@@ -5,7 +5,7 @@ as 7, 7 and 71); one that does not start with a digit is no answer. The closer a
 to the true sum wins; no answer loses to any answer; equally good answers tie at 1/2.
 
     online:
-      judge: alignment.online.arithmetic_judge:closer_to_sum
+      judge: alignment.tasks.arithmetic:closer_to_sum
 """
 
 from __future__ import annotations

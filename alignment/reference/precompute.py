@@ -1,5 +1,5 @@
-"""The reference policy's log-probs: a frozen model prepared for the distributed
-backend, and the `precompute` pass that stores them with the cached dataset."""
+"""The `precompute` pass: reference log-probs of every completion stored with the
+cached dataset, under a fingerprint of the reference and the data."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from typing import Any
 import datasets
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, gather_object
-from torch import Tensor, nn
+from accelerate.utils import gather_object
+from torch import Tensor
 
 from alignment import logprobs as logprobs_module
 from alignment.config import ModelConfig, QuantizationConfig, ReferenceConfig
@@ -24,21 +24,6 @@ logger = logging.getLogger(__name__)
 
 REFERENCE_COLUMN = "reference_logps"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
-
-
-def prepare_frozen_model(model: nn.Module, accelerator: Accelerator) -> nn.Module:
-    """Place a frozen (inference-only) model for the run's backend. Under ZeRO-3 it is
-    sharded like the policy; under ZeRO-1/2 each process holds a full copy (stage 0);
-    under FSDP it is wrapped like the policy. TRL's helpers do exactly this."""
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        from trl.models.utils import prepare_deepspeed
-
-        return prepare_deepspeed(model, accelerator)
-    if accelerator.distributed_type == DistributedType.FSDP:
-        from trl.models.utils import prepare_fsdp
-
-        return prepare_fsdp(model, accelerator)
-    return accelerator.prepare_model(model, evaluation_mode=True)
 
 
 def _path_identity(path: str) -> dict[str, Any]:
@@ -68,7 +53,9 @@ def reference_identity(
         "revision": model_cfg.revision,
         "quantization": None if quantization is None else vars(quantization),
     }
-    if ref_cfg.name_or_path is not None:
+    if ref_cfg.models is not None:
+        identity["soup"] = [(_path_identity(m), w) for m, w in zip(ref_cfg.models, ref_cfg.soup_weights, strict=True)]
+    elif ref_cfg.name_or_path is not None:
         identity["model"] = _path_identity(ref_cfg.name_or_path)
     elif model_cfg.config is not None:
         config_file = Path(model_cfg.config)

@@ -9,18 +9,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from alignment.config_schema import ConfigError
+from alignment.config.schema import ConfigError
 
-JUDGE_TYPES = ("callable", "reward_model", "pairwise")
+JUDGE_TYPES = ("callable", "reward_function", "reward_model", "pairwise")
 
 
 @dataclass
 class JudgeConfig:
-    """A preference model: P(y0 > y1) for a prompt and two completions.
+    """Who judges the sampled completions: a preference judge answers P(y_i > y_j) for
+    pairs of a prompt's completions, a reward judge one scalar per completion.
 
     - `callable`: `function` is `module:function`, called as
       `function(prompts, completions) -> P` with `completions` a list of (y0, y1) text
-      pairs. The only way a recipe runs code of its own, and only code named here.
+      pairs (a preference judge). With `function` the only way a recipe runs code of its
+      own, and only code named here.
+    - `reward_function`: `function(prompts, completions) -> rewards`, one completion text
+      per prompt and one float per completion (e.g. unit tests passed); a reward judge.
     - `reward_model`: `name_or_path` of an AutoModelForSequenceClassification with one
       output, the scalar reward r; P = sigmoid(r0 - r1) (Bradley-Terry).
     - `pairwise`: `name_or_path` of an AutoModelForSequenceClassification that reads
@@ -32,7 +36,7 @@ class JudgeConfig:
 
     SCALAR_KEY = "function"
 
-    type: Literal["callable", "reward_model", "pairwise"] = "callable"
+    type: Literal["callable", "reward_function", "reward_model", "pairwise"] = "callable"
     function: str | None = None
     name_or_path: str | None = None
     revision: str | None = None
@@ -44,11 +48,11 @@ class JudgeConfig:
     pairwise_template: str = "{prompt}\n\nResponse A:\n{completion_a}\n\nResponse B:\n{completion_b}"
 
     def __post_init__(self) -> None:
-        if self.type == "callable":
+        if self.type in ("callable", "reward_function"):
             if not self.function or ":" not in self.function:
                 raise ConfigError(
-                    "online.judge.function: a callable judge is named as 'module:function' "
-                    f"(e.g. alignment.online.arithmetic_judge:closer_to_sum), got {self.function!r}"
+                    f"online.judge.function: a {self.type} judge is named as 'module:function' "
+                    f"(e.g. alignment.tasks.arithmetic:closer_to_sum), got {self.function!r}"
                 )
             if self.name_or_path is not None:
                 raise ConfigError("online.judge.name_or_path applies to reward_model and pairwise judges only")
@@ -77,7 +81,13 @@ class OnlineConfig:
     A completion that reaches `max_new_tokens` without EOS is cut there, and
     `missing_eos_penalty` is subtracted from its side of the judge's probability
     (P(y0 > y1) += penalty * (missing_eos(y1) - missing_eos(y0)), clipped to [0, 1]),
-    so with a penalty of 1 an unfinished completion loses to a finished one."""
+    so with a penalty of 1 an unfinished completion loses to a finished one (a reward
+    judge's reward is lowered by the penalty instead).
+
+    `num_samples` is K, the completions drawn per prompt (2: a pair); the judge is
+    asked the K(K-1)/2 pairs of each prompt, or K rewards. `updates_per_batch` > 1
+    trains several optimizer steps on each batch of samples (GRPO's mu, with its
+    clipped importance ratio); the prompts are repeated so none is skipped."""
 
     judge: JudgeConfig | None = None
     sampler: Literal["policy", "reference", "mixture"] = "policy"
@@ -88,8 +98,14 @@ class OnlineConfig:
     top_p: float = 1.0
     missing_eos_penalty: float = 0.0
     eval_max_new_tokens: int | None = None
+    num_samples: int = 2
+    updates_per_batch: int = 1
 
     def __post_init__(self) -> None:
+        if self.num_samples < 2:
+            raise ConfigError(f"online.num_samples must be >= 2 (the losses compare samples), got {self.num_samples}")
+        if self.updates_per_batch < 1:
+            raise ConfigError(f"online.updates_per_batch must be >= 1, got {self.updates_per_batch}")
         if self.judge is None:
             raise ConfigError(
                 "online.judge is required: 'module:function' for a Python judge, or a mapping with "

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from alignment.config_schema import SECTIONS, ConfigError, read_yaml
+from alignment.config.schema import SECTIONS, ConfigError, read_yaml
 
 logger = logging.getLogger(__name__)
 

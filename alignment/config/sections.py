@@ -1,31 +1,19 @@
-"""Recipe configuration: typed sections, YAML loading, dotted command-line overrides.
-
-A recipe is one YAML file with the sections `model`, `lora`, `quantization`, `data`,
-`reference`, `loss`, `online` (online training only), `evaluation` (evaluation by
-generation, optional) and `training` (TrainingArguments names, unchanged). Everything is
-validated here, before any model or dataset is touched, and every error names the key
-and what is allowed.
-"""
+"""The typed sections of a recipe: `model`, `lora`, `quantization`, `data`, `reference`,
+`loss` and the built `Config` (`online` and `evaluation` are in `alignment.config.online`).
+Each section checks its own values when it is built; checks across sections are in
+`alignment.config.combinations`."""
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import yaml
+from alignment.config.online import EvaluationConfig, OnlineConfig
+from alignment.config.schema import ConfigError
 
-from alignment.config_combinations import check_evaluation, check_online, resolve_reference
-from alignment.config_schema import SECTIONS, ConfigError, DuplicateKeyError, _build, _coerce, read_yaml
-from alignment.online.config import EvaluationConfig, OnlineConfig
-from alignment.overrides import apply_overrides, parse_override
-
-__all__ = ["SECTIONS", "Config", "ConfigError", "apply_overrides", "dump_config", "load_config", "parse_override"]
-
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from alignment.losses import PreferenceLoss
 
 LOCAL_DATA_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")
 # The columns the data layouts read, which a source's `columns:` may map from its own names.
@@ -63,6 +51,8 @@ class ModelConfig:
     attn_implementation: str | None = None
     trust_remote_code: bool = False
     allow_unsafe_weights: bool = False  # load pickle-based (.bin) weights; safetensors only otherwise
+    # Start the policy from the reference's weights (e.g. a soup), so the log-ratio is 0 at step 0.
+    init_from_reference: bool = False
 
     def __post_init__(self) -> None:
         self.name_or_path, self.config, self.tokenizer = map(_home, (self.name_or_path, self.config, self.tokenizer))
@@ -184,6 +174,25 @@ class QuantizationConfig:
 
 
 @dataclass
+class ReferenceUpdateConfig:
+    """A reference that moves with the policy: every `every` optimizer steps (or at the
+    end of every epoch, `every: epoch`) it becomes alpha * policy + (1 - alpha) * reference,
+    parameter by parameter. alpha 1 is a hard copy (SPPO's previous iterate, TR-DPO-hard);
+    alpha < 1 is TR-DPO's soft update."""
+
+    SCALAR_KEY = "every"
+
+    every: int | Literal["epoch"]
+    alpha: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.every != "epoch" and self.every < 1:
+            raise ConfigError(f"reference.update.every must be >= 1 (steps) or 'epoch', got {self.every!r}")
+        if not 0.0 < self.alpha <= 1.0:
+            raise ConfigError(f"reference.update.alpha must be in (0, 1], got {self.alpha}")
+
+
+@dataclass
 class ReferenceConfig:
     """The reference policy.
 
@@ -192,21 +201,52 @@ class ReferenceConfig:
     - `adapter`: with LoRA, the policy itself with its adapters disabled (no second copy).
     - `precompute`: one pass before training stores the reference log-probs of every
       completion with the cached dataset; no reference is in memory while training.
-      The pass uses `name_or_path` if given, else the policy before training.
-    - `none`: no reference (only for reference-free losses)."""
+      The pass uses `name_or_path` (or the soup of `models`) if given, else the policy
+      before training.
+    - `soup`: the parameter-wise weighted average of the checkpoints in `models`
+      (`weights`, default uniform), one architecture (SALSA, Chegini et al. 2024).
+    - `none`: no reference (only for reference-free losses).
+
+    `update` makes a `model` or `soup` reference follow the policy during training."""
 
     SCALAR_KEY = "type"
 
-    type: Literal["auto", "model", "adapter", "precompute", "none"] = "auto"
+    type: Literal["auto", "model", "adapter", "precompute", "soup", "none"] = "auto"
     name_or_path: str | None = None
     init_seed: int | None = None
+    models: list[str] | None = None
+    weights: list[float] | None = None
     precompute_batch_size: int = 8
+    update: ReferenceUpdateConfig | None = None
 
     def __post_init__(self) -> None:
         self.name_or_path = _home(self.name_or_path)
         _check_local_path("reference.name_or_path", self.name_or_path)
         if self.precompute_batch_size < 1:
             raise ConfigError(f"reference.precompute_batch_size must be >= 1, got {self.precompute_batch_size}")
+        if self.models is not None:
+            self.models = [_home(m) for m in self.models]
+            if len(self.models) < 2:
+                raise ConfigError(f"reference.models: a soup averages two or more checkpoints, got {self.models}")
+            for i, member in enumerate(self.models):
+                _check_local_path(f"reference.models.{i}", member)
+            if self.name_or_path is not None or self.init_seed is not None:
+                raise ConfigError("reference: give models (a soup) or name_or_path/init_seed, not both")
+        if self.weights is not None:
+            if self.models is None:
+                raise ConfigError("reference.weights weigh the checkpoints of reference.models; add models")
+            if len(self.weights) != len(self.models):
+                raise ConfigError(
+                    f"reference.weights has {len(self.weights)} values for {len(self.models)} models; give one each"
+                )
+            if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
+                raise ConfigError(f"reference.weights must be >= 0 with a positive sum, got {self.weights}")
+
+    @property
+    def soup_weights(self) -> list[float]:
+        """The members' weights, normalised to sum to 1 (uniform by default)."""
+        weights = self.weights or [1.0] * len(self.models or [])
+        return [w / sum(weights) for w in weights]
 
 
 @dataclass
@@ -230,6 +270,8 @@ class Config:
     training: dict[str, Any]
     resolved: dict[str, Any]
     evaluation: EvaluationConfig | None = None
+    # The recipe's loss, built once at load time: the flags (needs_reference, online_only, ...) are read from it.
+    loss_fn: PreferenceLoss | None = None
 
     def training_arguments(self):
         """The validated `AlignmentTrainingArguments` (built on demand: constructing
@@ -262,137 +304,3 @@ def _check_local_path(key: str, value: str | None) -> None:
                 "python scripts/prepare_smollm2.py"
             )
         raise ConfigError(f"{key}: path {value!r} does not exist{hint}")
-
-
-def _loss_specs(raw: Any) -> list[LossSpec]:
-    """`loss:` is one block `{name, weight?, **params}` or a list of such blocks."""
-    from alignment.losses import LossParameterError, UnknownLossError, get_loss
-
-    if raw is None:
-        raise ConfigError("loss: a loss block with a `name` is required")
-    blocks = raw if isinstance(raw, list) else [raw]
-    specs = []
-    for i, block in enumerate(blocks):
-        where = "loss" if not isinstance(raw, list) else f"loss.{i}"
-        if not isinstance(block, dict) or "name" not in block:
-            raise ConfigError(f"{where}: expected a mapping with a `name` key, got {block!r}")
-        params = {k: v for k, v in block.items() if k not in ("name", "weight")}
-        weight = _coerce(block.get("weight", 1.0), float, f"{where}.weight")
-        try:
-            get_loss(block["name"], **params)
-        except (UnknownLossError, LossParameterError, TypeError) as err:
-            raise ConfigError(f"{where}: {err}") from None
-        specs.append(LossSpec(name=block["name"], params=params, weight=weight))
-    return specs
-
-
-def _validate_training(raw: Any) -> dict[str, Any]:
-    from alignment.trainers.argument_checks import checked_training_values
-    from alignment.trainers.arguments import AlignmentTrainingArguments
-    from alignment.trainers.output_dir import writable_problem
-
-    if not isinstance(raw, dict):
-        raise ConfigError(f"training: expected a mapping of TrainingArguments names, got {raw!r}")
-    allowed = {f.name for f in dataclasses.fields(AlignmentTrainingArguments) if f.init}
-    for key in raw:
-        if key not in allowed:
-            close = [a for a in sorted(allowed) if key.split("_")[0] in a][:8]
-            hint = f"; similar keys: {', '.join(close)}" if close else ""
-            raise ConfigError(
-                f"training: unknown key {key!r}; `training` takes transformers.TrainingArguments names{hint}"
-            )
-    if "output_dir" not in raw:
-        raise ConfigError("training.output_dir is required")
-    try:
-        checked = checked_training_values(raw)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    problem = writable_problem(str(checked["output_dir"]))
-    if problem is not None:
-        raise ConfigError(f"training.output_dir: {problem}")
-    return checked
-
-
-def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None = None) -> Config:
-    """Read a recipe (YAML, safe loader), apply overrides, and validate everything."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        if not Path(path).is_file():
-            raise ConfigError(f"{path}: no such recipe file")
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except UnicodeDecodeError as err:
-            raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-        try:
-            raw = read_yaml(text) or {}
-        except DuplicateKeyError as err:
-            raise ConfigError(f"{path}: {err}") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: a recipe is a mapping of sections ({', '.join(SECTIONS)})")
-    if isinstance(raw.get("reference"), str):  # shorthand `reference: model`, before overrides edit it
-        raw["reference"] = {"type": raw["reference"]}
-    online = raw.get("online")
-    if isinstance(online, dict) and isinstance(online.get("judge"), str):  # `judge: module:function`
-        online["judge"] = {"function": online["judge"]}
-    if isinstance(raw.get("evaluation"), str):  # `evaluation: module:function`, a score function
-        raw["evaluation"] = {"score": raw["evaluation"]}
-    raw = apply_overrides(raw, list(overrides or []))
-    unknown = [k for k in raw if k not in SECTIONS]
-    if unknown:
-        raise ConfigError(f"unknown section {unknown[0]!r}; sections: {', '.join(SECTIONS)}")
-
-    loss = _loss_specs(raw.get("loss"))
-    reference = _build(ReferenceConfig, raw.get("reference"), "reference")
-    model = _build(ModelConfig, raw.get("model"), "model")
-    lora = _optional_section(LoraConfig, raw, "lora")
-    quantization = _optional_section(QuantizationConfig, raw, "quantization")
-    data = _build(DataConfig, raw.get("data"), "data")
-    online = None if raw.get("online") is None else _build(OnlineConfig, raw["online"], "online")
-    evaluation = None if raw.get("evaluation") is None else _build(EvaluationConfig, raw["evaluation"], "evaluation")
-    training = _validate_training(raw.get("training") or {})
-    resolve_reference(reference, loss, lora)
-    check_online(online, loss, reference)
-    check_evaluation(evaluation, data, online)
-    if quantization is not None and lora is None:
-        raise ConfigError(
-            "quantization: quantized weights cannot be fully fine-tuned; add a `lora:` section (QLoRA) "
-            "or remove `quantization:`"
-        )
-
-    resolved = {
-        "model": dataclasses.asdict(model),
-        "lora": dataclasses.asdict(lora) if lora else None,
-        "quantization": dataclasses.asdict(quantization) if quantization else None,
-        "data": dataclasses.asdict(data),
-        "reference": dataclasses.asdict(reference),
-        "loss": [{"name": s.name, "weight": s.weight, **s.params} for s in loss],
-        "online": dataclasses.asdict(online) if online else None,
-        "evaluation": dataclasses.asdict(evaluation) if evaluation else None,
-        "training": training,
-    }
-    return Config(
-        model=model,
-        lora=lora,
-        quantization=quantization,
-        data=data,
-        reference=reference,
-        loss=loss,
-        online=online,
-        training=training,
-        resolved=resolved,
-        evaluation=evaluation,
-    )
-
-
-def _optional_section(cls: type, raw: dict[str, Any], name: str):
-    """A section that is off when absent, null, or `enabled: false`."""
-    if raw.get(name) is None:
-        return None
-    section = _build(cls, raw[name], name)
-    return section if section.enabled else None
-
-
-def dump_config(config: Config) -> str:
-    return yaml.safe_dump(config.resolved, sort_keys=False)

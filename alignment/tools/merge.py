@@ -14,8 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from alignment.config_schema import ConfigError, _build
-from alignment.run import CONFIG_FILENAME
+from alignment.config.loading import CONFIG_FILENAME
+from alignment.config.schema import ConfigError, _build
 
 logger = logging.getLogger(__name__)
 

@@ -1,9 +1,13 @@
-"""Judges for online preference training: P(y0 > y1) for a prompt and two completions.
+"""Judges for online training, in two kinds: preference judges answer P(y0 > y1) for a
+prompt and two completions, reward judges (`feedback = "rewards"`) one scalar reward per
+completion (and P(y0 > y1) = sigmoid(r0 - r1) when asked a pair, Bradley-Terry).
 
 A judge is built from the recipe's `online.judge` section (`JudgeConfig`) and called as
-`judge(prompts, completions) -> Tensor[B]` (float32, CPU). Every answer goes through the
-same checks (one value per pair, finite, in [0, 1]), so a bad judge fails loudly, naming
-itself, instead of quietly turning into a wrong loss."""
+`judge(prompts, completions) -> Tensor[B]` (float32, CPU) for pairs, or
+`judge.rewards(prompts, completions) -> Tensor[N]` for a reward judge. Every answer goes
+through the same checks (one value per question, finite, probabilities in [0, 1]), so a
+bad judge fails loudly, naming itself, instead of quietly turning into a wrong loss.
+`alignment.online.feedback` asks a judge about K completions per prompt."""
 
 from __future__ import annotations
 
@@ -16,8 +20,8 @@ import torch
 from torch import Tensor
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
+from alignment.config.online import JudgeConfig
 from alignment.models import DTYPES
-from alignment.online.config import JudgeConfig
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +38,7 @@ class Judge:
     `__call__` checks its inputs and its answer."""
 
     name: str = "judge"
+    feedback: str = "preferences"
 
     def __call__(self, prompts: Sequence[Prompt], completions: Sequence[tuple[str, str]]) -> Tensor:
         if len(prompts) != len(completions):
@@ -48,26 +53,26 @@ class Judge:
     def _probabilities(self, prompts: list[Prompt], completions: list[tuple[str, str]]) -> Any:
         raise NotImplementedError
 
-    def _checked(self, values: Any, batch_size: int) -> Tensor:
+    def _checked(self, values: Any, batch_size: int, probabilities: bool = True) -> Tensor:
         """`values` as a float32 CPU tensor [batch_size], or JudgeError saying what is wrong."""
         try:
             p = torch.as_tensor(values.detach() if isinstance(values, Tensor) else values, dtype=torch.float32)
         except (TypeError, ValueError, RuntimeError) as e:
             raise JudgeError(
-                f"{self.name} returned {type(values).__name__}, not {batch_size} probabilities "
-                "(a list, tuple, numpy array or tensor of floats)"
+                f"{self.name} returned {type(values).__name__}, not {batch_size} "
+                f"{'probabilities' if probabilities else 'rewards'} (a list, tuple, numpy array or tensor of floats)"
             ) from e
         if p.shape != (batch_size,):
             raise JudgeError(
                 f"{self.name} returned values of shape {list(p.shape)}; expected shape [{batch_size}], "
-                "one P(y0 > y1) per prompt"
+                + ("one P(y0 > y1) per prompt" if probabilities else "one reward per completion")
             )
         p = p.cpu()
         # A range check alone would let NaN through: it compares False to everything.
-        for bad, what in (
-            (~torch.isfinite(p), "a value that is not finite (NaN or inf)"),
-            ((p < 0) | (p > 1), "a probability outside [0, 1]"),
-        ):
+        checks = [(~torch.isfinite(p), "a value that is not finite (NaN or inf)")]
+        if probabilities:
+            checks.append(((p < 0) | (p > 1), "a probability outside [0, 1]"))
+        for bad, what in checks:
             if bad.any():
                 i = int(bad.nonzero()[0])
                 raise JudgeError(f"{self.name} returned {what}: {p[i].item()} at index {i}")
@@ -102,6 +107,44 @@ class CallableJudge(Judge):
         self.function: Callable[..., Any] = import_function(function, self.name)
 
     def _probabilities(self, prompts: list[Prompt], completions: list[tuple[str, str]]) -> Any:
+        try:
+            return self.function(prompts, completions)
+        except Exception as e:  # user code: say whose code failed, keep the cause chained
+            raise JudgeError(f"{self.name} raised {type(e).__name__}: {e}") from e
+
+
+class RewardJudge(Judge):
+    """A judge of one scalar reward per completion. Asked a pair, it answers by
+    Bradley-Terry, P(y0 > y1) = sigmoid(r0 - r1)."""
+
+    feedback = "rewards"
+
+    def rewards(self, prompts: Sequence[Prompt], completions: Sequence[str]) -> Tensor:
+        if len(prompts) != len(completions):
+            raise ValueError(f"{self.name}: {len(prompts)} prompts but {len(completions)} completions")
+        if not prompts:
+            return torch.empty(0, dtype=torch.float32)
+        return self._checked(self._rewards(list(prompts), list(completions)), len(prompts), probabilities=False)
+
+    def _rewards(self, prompts: list[Prompt], completions: list[str]) -> Any:
+        raise NotImplementedError
+
+    def _probabilities(self, prompts: list[Prompt], completions: list[tuple[str, str]]) -> Tensor:
+        # One pass over all 2B texts: y0's in the first half, y1's in the second.
+        r = self.rewards(prompts * 2, [y0 for y0, _ in completions] + [y1 for _, y1 in completions])
+        r0, r1 = r.chunk(2)
+        return torch.sigmoid(r0 - r1)
+
+
+class RewardFunctionJudge(RewardJudge):
+    """`module:function`, called as `function(prompts, completions) -> rewards`, one
+    completion text per prompt (e.g. the fraction of unit tests passed)."""
+
+    def __init__(self, function: str):
+        self.name = f"reward function {function}"
+        self.function: Callable[..., Any] = import_function(function, self.name)
+
+    def _rewards(self, prompts: list[Prompt], completions: list[str]) -> Any:
         try:
             return self.function(prompts, completions)
         except Exception as e:  # user code: say whose code failed, keep the cause chained
@@ -188,7 +231,7 @@ class _ClassifierJudge(Judge):
         return torch.cat(out)
 
 
-class RewardModelJudge(_ClassifierJudge):
+class RewardModelJudge(_ClassifierJudge, RewardJudge):
     """A scalar reward model r(x, y); P(y0 > y1) = sigmoid(r0 - r1) (Bradley-Terry)."""
 
     kind = "reward model judge"
@@ -203,15 +246,9 @@ class RewardModelJudge(_ClassifierJudge):
             return self.tokenizer.apply_chat_template(messages, tokenize=False), True
         return messages_to_text(messages), False
 
-    def rewards(self, prompts: Sequence[Prompt], completions: Sequence[str]) -> Tensor:
+    def _rewards(self, prompts: list[Prompt], completions: list[str]) -> Tensor:
         """float32 rewards [N] on CPU, one per (prompt, completion)."""
         return self._logits([self._text(p, c) for p, c in zip(prompts, completions, strict=True)])[:, 0]
-
-    def _probabilities(self, prompts: list[Prompt], completions: list[tuple[str, str]]) -> Tensor:
-        # One pass over all 2B texts: y0's in the first half, y1's in the second.
-        r = self.rewards(prompts * 2, [y0 for y0, _ in completions] + [y1 for _, y1 in completions])
-        r0, r1 = r.chunk(2)
-        return torch.sigmoid(r0 - r1)
 
 
 class PairwiseJudge(_ClassifierJudge):
@@ -266,6 +303,7 @@ def _model_kwargs(cfg: JudgeConfig, device: torch.device) -> dict[str, Any]:
 
 _BUILDERS: dict[str, Callable[[JudgeConfig, torch.device], Judge]] = {
     "callable": lambda cfg, device: CallableJudge(cfg.function),
+    "reward_function": lambda cfg, device: RewardFunctionJudge(cfg.function),
     "reward_model": lambda cfg, device: RewardModelJudge(cfg.name_or_path, **_model_kwargs(cfg, device)),
     "pairwise": lambda cfg, device: PairwiseJudge(
         cfg.name_or_path, template=cfg.pairwise_template, **_model_kwargs(cfg, device)

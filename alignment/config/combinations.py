@@ -1,0 +1,147 @@
+"""Checks across sections of a recipe, run once by `load_config` after every section
+is built: the reference the loss needs (and what `auto` resolves to), what online
+training needs, and what evaluation by generation needs. The loss is the built loss
+object and the reference strategy's abilities are read from its class, so nothing here
+branches on a loss or reference name."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from alignment.config.schema import ConfigError
+
+if TYPE_CHECKING:
+    from alignment.config.online import EvaluationConfig, OnlineConfig
+    from alignment.config.sections import DataConfig, LoraConfig, ModelConfig, QuantizationConfig, ReferenceConfig
+    from alignment.losses import PreferenceLoss
+
+SOURCE_KEYS = ("name_or_path", "init_seed", "models", "weights")
+
+
+def resolve_reference(
+    reference: ReferenceConfig, loss: PreferenceLoss, lora: LoraConfig | None, model: ModelConfig
+) -> None:
+    """Turn `auto` into a concrete reference and reject combinations that cannot work."""
+    from alignment.losses import loss_terms
+    from alignment.reference import STRATEGIES, auto_reference, reference_strategy
+
+    needing = [term.name for term in loss_terms(loss) if term.needs_reference]
+    if reference.type == "auto":
+        reference.type = auto_reference(bool(needing), lora is not None, reference.models is not None)
+    strategy = reference_strategy(reference.type)
+    if needing and not strategy.gives_logps:
+        raise ConfigError(
+            f"reference: {reference.type!r} but loss {', '.join(needing)} needs a reference; "
+            "use reference: model, adapter (with lora), precompute or soup"
+        )
+    if not needing and strategy.gives_logps and not strategy.live:
+        raise ConfigError(
+            f"reference: {reference.type!r} but no loss term needs a reference "
+            f"({', '.join(term.name for term in loss_terms(loss))} are reference-free); use reference: none"
+        )
+    if strategy.needs_lora and lora is None:
+        raise ConfigError(
+            f"reference: {reference.type!r} means the policy with its LoRA adapters disabled; add a `lora:` section"
+        )
+    given = [key for key in SOURCE_KEYS if getattr(reference, key) is not None]
+    wrong = [key for key in given if key not in strategy.reads]
+    if wrong:
+        where = f"reference: {reference.type!r}" + (
+            " is the policy's own base weights" if strategy.needs_lora else " takes no other weights"
+        )
+        applies = [name for name, cls in STRATEGIES.items() if wrong[0] in cls.reads]
+        raise ConfigError(f"{where}; reference.{wrong[0]} applies to {' and '.join(map(repr, applies))} only")
+    missing = [key for key in strategy.requires if getattr(reference, key) is None]
+    if missing:
+        raise ConfigError(f"reference: {reference.type!r} needs reference.{missing[0]}")
+    if reference.update is not None:
+        if not strategy.updatable:
+            raise ConfigError(
+                f"reference.update: a {reference.type!r} reference cannot follow the policy; "
+                "use reference: model (or soup), a separate copy that the update rewrites"
+            )
+        if lora is not None:
+            raise ConfigError(
+                "reference.update with lora: the policy's weights are base + adapters; train without lora, "
+                "or keep the reference fixed"
+            )
+    if model.init_from_reference and not given:
+        raise ConfigError(
+            "model.init_from_reference starts the policy from the reference's weights, which here are the policy's "
+            "own; give reference.models (a soup) or reference.name_or_path"
+        )
+
+
+def check_online(online: OnlineConfig | None, loss: PreferenceLoss, reference: ReferenceConfig) -> None:
+    """Online losses need the `online:` section, and online training a live reference."""
+    from alignment.losses import loss_terms
+    from alignment.reference import reference_strategy
+
+    terms = loss_terms(loss)
+    online_only = [term.name for term in terms if term.online_only]
+    if online is None:
+        if online_only:
+            raise ConfigError(
+                f"loss {', '.join(online_only)} learns from completions sampled during training: add an `online:` "
+                "section (sampler and judge), or use an offline loss"
+            )
+        return
+    strategy = reference_strategy(reference.type)
+    if strategy.gives_logps and not strategy.live:
+        raise ConfigError(
+            f"reference: {reference.type!r} cannot work online (new completions are sampled every step); "
+            "use reference: model, or adapter with lora"
+        )
+    if not strategy.gives_logps and online.sampler != "policy":
+        raise ConfigError(
+            f"online.sampler: {online.sampler!r} samples from the reference, but reference is {reference.type!r}"
+        )
+    for term in terms:
+        if term.num_samples is not None and term.num_samples != online.num_samples:
+            raise ConfigError(
+                f"online.num_samples: loss {term.name} compares exactly {term.num_samples} samples per prompt, "
+                f"got {online.num_samples}"
+            )
+    if online.updates_per_batch > 1 and not any(term.reuses_samples for term in terms):
+        reusing = [name for name, cls in _losses().items() if cls.reuses_samples]
+        raise ConfigError(
+            f"online.updates_per_batch: {online.updates_per_batch} reuses each batch of samples for several "
+            f"updates, which needs a loss with an importance-ratio surrogate ({', '.join(reusing)}); "
+            f"{', '.join(t.name for t in terms)} would train off-policy"
+        )
+
+
+def _losses():
+    from alignment.losses import available_losses
+
+    return available_losses()
+
+
+def check_evaluation(evaluation: EvaluationConfig | None, data: DataConfig, online: OnlineConfig | None) -> None:
+    """Evaluation by generation needs held-out prompts of its own: a `test_size` split is
+    made after the rows are checked, so its prompts could not be matched exactly."""
+    if evaluation is None:
+        return
+    if online is not None and evaluation.judge is not None:
+        raise ConfigError(
+            "evaluation.judge: an online recipe already reports eval_win_rate_vs_initial, judged by online.judge; "
+            "keep `evaluation.score` here (evaluation.judge is for offline recipes)"
+        )
+    if not data.test:
+        raise ConfigError(
+            "evaluation: generates on the held-out prompts of data.test, which is empty; "
+            "add data.test sources (data.test_size splits are not used for it)"
+        )
+
+
+def check_quantization(quantization: QuantizationConfig | None, lora: LoraConfig | None, model: ModelConfig) -> None:
+    if quantization is not None and model.init_from_reference:
+        raise ConfigError(
+            "model.init_from_reference with quantization: the reference's weights cannot be loaded into 4/8-bit "
+            "layers; remove one of them"
+        )
+    if quantization is not None and lora is None:
+        raise ConfigError(
+            "quantization: quantized weights cannot be fully fine-tuned; add a `lora:` section (QLoRA) "
+            "or remove `quantization:`"
+        )

@@ -1,0 +1,172 @@
+"""Reading a recipe: YAML (safe loader) -> overrides -> sections -> cross-section checks
+-> the built loss. Done once, before any model or dataset is touched; every error names
+the key and what is allowed."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from alignment.config.combinations import check_evaluation, check_online, check_quantization, resolve_reference
+from alignment.config.online import EvaluationConfig, OnlineConfig
+from alignment.config.overrides import apply_overrides
+from alignment.config.schema import SECTIONS, ConfigError, DuplicateKeyError, _build, _coerce, read_yaml
+from alignment.config.sections import (
+    Config,
+    DataConfig,
+    LoraConfig,
+    LossSpec,
+    ModelConfig,
+    QuantizationConfig,
+    ReferenceConfig,
+)
+
+CONFIG_FILENAME = "alignment_config.yaml"  # the resolved recipe, written into every run's output directory
+
+
+def _loss_specs(raw: Any) -> list[LossSpec]:
+    """`loss:` is one block `{name, weight?, **params}` or a list of such blocks."""
+    if raw is None:
+        raise ConfigError("loss: a loss block with a `name` is required")
+    blocks = raw if isinstance(raw, list) else [raw]
+    specs = []
+    for i, block in enumerate(blocks):
+        where = "loss" if not isinstance(raw, list) else f"loss.{i}"
+        if not isinstance(block, dict) or "name" not in block:
+            raise ConfigError(f"{where}: expected a mapping with a `name` key, got {block!r}")
+        params = {k: v for k, v in block.items() if k not in ("name", "weight")}
+        weight = _coerce(block.get("weight", 1.0), float, f"{where}.weight")
+        specs.append(LossSpec(name=block["name"], params=params, weight=weight))
+    return specs
+
+
+def _built_loss(specs: list[LossSpec], raw: Any):
+    """The loss object, built once: each term is checked by the registry (names,
+    parameters, ranges), and errors name the block."""
+    from alignment.losses import LossParameterError, UnknownLossError, get_loss
+    from alignment.losses.composite import combine
+
+    terms = []
+    for i, spec in enumerate(specs):
+        try:
+            terms.append((spec.weight, get_loss(spec.name, **spec.params)))
+        except (UnknownLossError, LossParameterError, TypeError) as err:
+            raise ConfigError(f"{'loss' if not isinstance(raw, list) else f'loss.{i}'}: {err}") from None
+    try:
+        return combine(terms)
+    except LossParameterError as err:
+        raise ConfigError(f"loss: {err}") from None
+
+
+def _validate_training(raw: Any) -> dict[str, Any]:
+    from alignment.trainers.argument_checks import checked_training_values
+    from alignment.trainers.arguments import AlignmentTrainingArguments
+    from alignment.trainers.output_dir import writable_problem
+
+    if not isinstance(raw, dict):
+        raise ConfigError(f"training: expected a mapping of TrainingArguments names, got {raw!r}")
+    allowed = {f.name for f in dataclasses.fields(AlignmentTrainingArguments) if f.init}
+    for key in raw:
+        if key not in allowed:
+            close = [a for a in sorted(allowed) if key.split("_")[0] in a][:8]
+            hint = f"; similar keys: {', '.join(close)}" if close else ""
+            raise ConfigError(
+                f"training: unknown key {key!r}; `training` takes transformers.TrainingArguments names{hint}"
+            )
+    if "output_dir" not in raw:
+        raise ConfigError("training.output_dir is required")
+    try:
+        checked = checked_training_values(raw)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    problem = writable_problem(str(checked["output_dir"]))
+    if problem is not None:
+        raise ConfigError(f"training.output_dir: {problem}")
+    return checked
+
+
+def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None = None) -> Config:
+    """Read a recipe (YAML, safe loader), apply overrides, and validate everything."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        if not Path(path).is_file():
+            raise ConfigError(f"{path}: no such recipe file")
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+        try:
+            raw = read_yaml(text) or {}
+        except DuplicateKeyError as err:
+            raise ConfigError(f"{path}: {err}") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: a recipe is a mapping of sections ({', '.join(SECTIONS)})")
+    if isinstance(raw.get("reference"), str):  # shorthand `reference: model`, before overrides edit it
+        raw["reference"] = {"type": raw["reference"]}
+    online = raw.get("online")
+    if isinstance(online, dict) and isinstance(online.get("judge"), str):  # `judge: module:function`
+        online["judge"] = {"function": online["judge"]}
+    if isinstance(raw.get("evaluation"), str):  # `evaluation: module:function`, a score function
+        raw["evaluation"] = {"score": raw["evaluation"]}
+    raw = apply_overrides(raw, list(overrides or []))
+    unknown = [k for k in raw if k not in SECTIONS]
+    if unknown:
+        raise ConfigError(f"unknown section {unknown[0]!r}; sections: {', '.join(SECTIONS)}")
+
+    loss = _loss_specs(raw.get("loss"))
+    loss_fn = _built_loss(loss, raw.get("loss"))
+    reference = _build(ReferenceConfig, raw.get("reference"), "reference")
+    model = _build(ModelConfig, raw.get("model"), "model")
+    lora = _optional_section(LoraConfig, raw, "lora")
+    quantization = _optional_section(QuantizationConfig, raw, "quantization")
+    data = _build(DataConfig, raw.get("data"), "data")
+    online = None if raw.get("online") is None else _build(OnlineConfig, raw["online"], "online")
+    evaluation = None if raw.get("evaluation") is None else _build(EvaluationConfig, raw["evaluation"], "evaluation")
+    training = _validate_training(raw.get("training") or {})
+    resolve_reference(reference, loss_fn, lora, model)
+    check_online(online, loss_fn, reference)
+    check_evaluation(evaluation, data, online)
+    check_quantization(quantization, lora, model)
+
+    resolved = {
+        "model": dataclasses.asdict(model),
+        "lora": dataclasses.asdict(lora) if lora else None,
+        "quantization": dataclasses.asdict(quantization) if quantization else None,
+        "data": dataclasses.asdict(data),
+        "reference": dataclasses.asdict(reference),
+        "loss": [{"name": s.name, "weight": s.weight, **s.params} for s in loss],
+        "online": dataclasses.asdict(online) if online else None,
+        "evaluation": dataclasses.asdict(evaluation) if evaluation else None,
+        "training": training,
+    }
+    return Config(
+        model=model,
+        lora=lora,
+        quantization=quantization,
+        data=data,
+        reference=reference,
+        loss=loss,
+        online=online,
+        training=training,
+        resolved=resolved,
+        evaluation=evaluation,
+        loss_fn=loss_fn,
+    )
+
+
+def _optional_section(cls: type, raw: dict[str, Any], name: str):
+    """A section that is off when absent, null, or `enabled: false`."""
+    if raw.get(name) is None:
+        return None
+    section = _build(cls, raw[name], name)
+    return section if section.enabled else None
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(config.resolved, sort_keys=False)

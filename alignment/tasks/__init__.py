@@ -1,0 +1,1 @@
+"""Built-in tasks with a checkable ground truth: their data generators, judges and scores."""

@@ -1,0 +1,1 @@
+"""The commands apart from training: validate, plot, merge, model card."""
