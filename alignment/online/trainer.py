@@ -117,6 +117,10 @@ class OnlineTrainer(PreferenceTrainer):
         self._reused: dict[int, tuple[dict[str, Tensor], GroupSamples, Feedback, Tensor | None]] = {}
         self._reuse_step, self._micro_step = -1, 0
 
+    @staticmethod
+    def _keeps_unneeded_reference(reference) -> bool:
+        return reference.live  # the initial policy's samples, for eval_win_rate_vs_initial
+
     def _get_train_sampler(self, train_dataset=None):
         base = super()._get_train_sampler(train_dataset)
         repeats = self.online.updates_per_batch
@@ -208,21 +212,37 @@ class OnlineTrainer(PreferenceTrainer):
         return (output.loss, output) if return_outputs else output.loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        """Win rate of the policy's samples against the reference's on a test batch."""
+        """Win rate of the policy's samples against the reference's on a test batch (with
+        no reference, only the policy samples' length and missing-EOS rate)."""
         inputs = self._prepare_inputs(inputs)
+        slots = [POLICY, REFERENCE] if self.reference.live else [POLICY]
         with self._generation_model(model) as unwrapped:
-            samples = self._draw(unwrapped, inputs, [POLICY, REFERENCE], self.eval_settings)
-        feedback = self._judge(inputs["prompts"], samples)
-        batch = self._group_batch(inputs, samples, feedback.scores("preferences"))
-        with torch.no_grad():
-            logps = self.batch_logps(model, batch, per_token=False)
-        p = feedback.preferences[:, 0, 1]
-        metrics = {self.win_rate_key: p.mean(), **self._sample_metrics(logps, samples)}
-        self._metrics["eval"].add(LossOutput(loss=p.new_zeros(()), metrics=metrics), batch["mask"])
+            samples = self._draw(unwrapped, inputs, slots, self.eval_settings)
+        metrics = {}
+        if self.reference.live:
+            feedback = self._judge(inputs["prompts"], samples)
+            batch = self._group_batch(inputs, samples, feedback.scores("preferences"))
+            with torch.no_grad():
+                logps = SequenceLogps(
+                    policy=self._logps(model, batch),
+                    reference=self.reference.logps(model, batch, self._logps),
+                    scores=batch["scores"],
+                    mask=batch["mask"],
+                    lengths=batch["lengths"],
+                )
+            metrics[self.win_rate_key] = feedback.preferences[:, 0, 1].mean()
+        else:
+            batch = self._group_batch(
+                inputs, samples, torch.zeros(samples.finished.shape, device=samples.finished.device)
+            )
+            logps = None
+        metrics.update(self._sample_metrics(logps, samples))
+        zero = batch["scores"].new_zeros(())
+        self._metrics["eval"].add(LossOutput(loss=zero, metrics=metrics), batch["mask"])
         return None, None, None
 
     @staticmethod
-    def _sample_metrics(logps: SequenceLogps, samples: GroupSamples) -> dict:
+    def _sample_metrics(logps: SequenceLogps | None, samples: GroupSamples) -> dict:
         """Length, missing-EOS rate and a one-sample KL(pi || mu) estimate (the mean
         sequence log-ratio of the completions sampled from the policy)."""
         from_policy = samples.from_policy
@@ -232,6 +252,6 @@ class OnlineTrainer(PreferenceTrainer):
             "online/completion_length": lengths[:, mine].mean(),
             "online/missing_eos": 1 - finished[:, mine].mean(),
         }
-        if logps.reference is not None and from_policy.any():
+        if logps is not None and logps.reference is not None and from_policy.any():
             metrics["online/kl"] = logps.logratios().detach()[:, from_policy].mean()
         return {key: value.detach().float() for key, value in metrics.items()}

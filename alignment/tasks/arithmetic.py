@@ -1,20 +1,79 @@
-"""The rule-based judge of the tiny task ("3+4=" -> "7"), for the tiny online recipes.
+"""The tiny task: one-digit sums ("3+4=" -> "7"), with a checkable ground truth. Here
+are its data generator (the tiny recipes' committed files), its rule-based judge, its
+reward and its evaluation score.
 
 A completion is read as the integer its leading digits spell ("7", "7!" and "71" read
-as 7, 7 and 71); one that does not start with a digit is no answer. The closer answer
-to the true sum wins; no answer loses to any answer; equally good answers tie at 1/2.
+as 7, 7 and 71); one that does not start with a digit is no answer. An answer is graded
+by its closeness to the true sum, score = 6 - |answer - truth| (a rating from 0 to 6,
+like the small integer grades that LiPO's gains 2^score - 1 expect).
 
     online:
-      judge: alignment.tasks.arithmetic:closer_to_sum
+      judge: alignment.tasks.arithmetic:closer_to_sum          # preferences
+      judge: {type: reward_function, function: alignment.tasks.arithmetic:reward}
 """
 
 from __future__ import annotations
 
+import json
 import math
+import random
 import re
+from pathlib import Path
 
 _PROMPT = re.compile(r"(\d+)\s*\+\s*(\d+)\s*=\s*$")
 _ANSWER = re.compile(r"\s*(\d+)")
+MAX_OPERAND = 9
+MAX_DISTANCE = 6
+SIZES = {"train": 4000, "test": 400}
+SEEDS = {"train": 0, "test": 1}
+
+
+def score(answer: int, truth: int) -> float:
+    return float(MAX_DISTANCE - abs(answer - truth))
+
+
+def candidates(truth: int) -> list[int]:
+    return [truth + d for d in range(-MAX_DISTANCE, MAX_DISTANCE + 1) if truth + d >= 0]
+
+
+def prompt_and_truth(rng: random.Random) -> tuple[str, int]:
+    a, b = rng.randint(0, MAX_OPERAND), rng.randint(0, MAX_OPERAND)
+    return f"{a}+{b}=", a + b
+
+
+def pair_row(rng: random.Random) -> dict:
+    prompt, truth = prompt_and_truth(rng)
+    while True:
+        x, y = rng.sample(candidates(truth), 2)
+        if abs(x - truth) != abs(y - truth):
+            break
+    chosen, rejected = sorted((x, y), key=lambda v: abs(v - truth))
+    return {"prompt": prompt, "chosen": str(chosen), "rejected": str(rejected)}
+
+
+def list_row(rng: random.Random, k: int = 4) -> dict:
+    prompt, truth = prompt_and_truth(rng)
+    while True:
+        answers = rng.sample(candidates(truth), k)
+        scores = [score(a, truth) for a in answers]
+        if len(set(scores)) > 1:
+            break
+    return {"prompt": prompt, "completions": [str(a) for a in answers], "scores": scores}
+
+
+def write_data(directory: Path) -> None:
+    """data/pairs_{train,test}.jsonl (pairwise: chosen is the closer answer) and
+    data/lists_{train,test}.jsonl (K = 4 scored lists; equal distances tie). Train and
+    test use different random streams: the test rows are fresh pairs and lists."""
+    directory.mkdir(exist_ok=True)
+    for split, n in SIZES.items():
+        for kind, make in (("pairs", pair_row), ("lists", list_row)):
+            rng = random.Random(f"{kind}-{SEEDS[split]}")
+            path = directory / f"{kind}_{split}.jsonl"
+            with path.open("w") as f:
+                for _ in range(n):
+                    f.write(json.dumps(make(rng)) + "\n")
+            print(f"wrote {n} rows to {path}")
 
 
 def true_sum(prompt: str | list[dict[str, str]]) -> int:
@@ -44,3 +103,9 @@ def closer_to_sum(prompts: list[str | list[dict[str, str]]], completions: list[t
 def exact_sum(prompts: list[str | list[dict[str, str]]], completions: list[str]) -> list[float]:
     """A score for `evaluation.score`: 1 when the answer is the sum, else 0."""
     return [float(distance(y, true_sum(p)) == 0) for p, y in zip(prompts, completions, strict=True)]
+
+
+def reward(prompts: list[str | list[dict[str, str]]], completions: list[str]) -> list[float]:
+    """A reward for `type: reward_function` judges: the data's score 6 - |answer - truth|,
+    and -1 for no answer (below every answer)."""
+    return [max(-1.0, MAX_DISTANCE - distance(y, true_sum(p))) for p, y in zip(prompts, completions, strict=True)]

@@ -35,7 +35,9 @@ class PreferenceTrainer(Trainer):
 
     `reference` is a strategy from `alignment.reference` (a frozen model, the LoRA
     policy's base, precomputed log-probs, a soup or none); `ref_model`, as in TRL, is the
-    shorthand for a frozen copy. A reference-free loss drops whichever is given."""
+    shorthand for a frozen copy. A reference-free loss never runs a reference forward;
+    offline it drops the reference, online it keeps a live one to sample the initial
+    policy for the evaluation's win rate."""
 
     def __init__(
         self,
@@ -54,9 +56,9 @@ class PreferenceTrainer(Trainer):
             raise ValueError("give reference (a strategy) or ref_model (a frozen copy), not both")
         if reference is None:
             reference = NoReference() if ref_model is None else FrozenModel(ref_model)
-        if not loss_fn.needs_reference:
+        if not loss_fn.needs_reference and not self._keeps_unneeded_reference(reference):
             reference = NoReference()
-        elif not reference.gives_logps:
+        elif loss_fn.needs_reference and not reference.gives_logps:
             raise ValueError(f"loss {loss_fn.name!r} needs a reference: pass ref_model, or reference=PolicyBase()")
         if data_collator is None:
             data_collator = PreferenceCollator(pad_token_id=processing_class.pad_token_id)
@@ -128,7 +130,13 @@ class PreferenceTrainer(Trainer):
                 self._generation_metrics = self.generation_eval.evaluate(unwrapped, self.args.output_dir)
         return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
 
+    @staticmethod
+    def _keeps_unneeded_reference(reference: Reference) -> bool:
+        return False
+
     def reference_logps(self, model: nn.Module, inputs: Mapping[str, Tensor]) -> Tensor | None:
+        if not self.loss_fn.needs_reference:
+            return None
         return self.reference.logps(model, inputs, self._logps)
 
     def prepare_reference(self) -> None:
@@ -164,7 +172,7 @@ class PreferenceTrainer(Trainer):
                 **extra,
             )
         policy = self._token_logps(model, inputs)
-        reference = self.reference.logps(model, inputs, self._token_logps)
+        reference = self.reference.logps(model, inputs, self._token_logps) if self.loss_fn.needs_reference else None
         tokens = TokenLogps(
             policy=policy, reference=reference, old_policy=old_policy, mask=inputs["completion_attention_mask"].bool()
         )
