@@ -12,9 +12,6 @@ import torch
 import yaml
 
 from alignment.config import ConfigError, DataConfig, SourceConfig, load_config
-from alignment.online.judges import JudgeError
-from alignment.tasks import chat_addition
-from alignment.tasks.arithmetic import closer_to_sum, exact_sum
 from alignment.config.online import EvaluationConfig, JudgeConfig
 from alignment.online.evaluation import (
     INITIAL_GENERATIONS,
@@ -23,6 +20,9 @@ from alignment.online.evaluation import (
     ScoreFunction,
     evaluation_prompts,
 )
+from alignment.online.judges import JudgeError
+from alignment.tasks import chat_addition
+from alignment.tasks.arithmetic import closer_to_sum, exact_sum
 from tests.helpers import EOS, TINY, tiny_model, tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]

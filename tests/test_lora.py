@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from alignment.config import ConfigError, LoraConfig, QuantizationConfig, load_config
+from alignment.config.loading import CONFIG_FILENAME
 from alignment.logprobs import sequence_logps
 from alignment.losses import get_loss
-from alignment.tools.merge import merge_adapter
 from alignment.models import load_policy
-from alignment.config.loading import CONFIG_FILENAME
 from alignment.reference import PolicyBase
+from alignment.tools.merge import merge_adapter
 from alignment.trainers import AlignmentTrainingArguments, PreferenceTrainer
 from tests.helpers import (
     TINY,

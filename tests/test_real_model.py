@@ -289,8 +289,8 @@ def test_greedy_evaluation_on_smollm2_is_transformers_greedy_decode(smollm2, pol
     """The recipes' evaluation on 12 held-out prompts: the same answers as `generate`
     (greedy, one prompt at a time, stopping at <|im_end|>), graded by the task's score."""
     from alignment.config import load_config
-    from alignment.tasks.chat_addition import score
     from alignment.online.evaluation import GenerationEvaluation, evaluation_prompts
+    from alignment.tasks.chat_addition import score
     from tests.helpers import ROOT
 
     config = load_config(ROOT / "recipes" / "smollm2-135m" / "dpo.yaml", ["--evaluation.max_prompts=12"])
