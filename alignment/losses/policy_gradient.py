@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from alignment.losses.base import LossOutput, PreferenceLoss, SequenceLogps, check_range, register_loss
+from alignment.losses.groups import OptionalKL, item_mean, prompt_groups
 from alignment.losses.metrics import reward_metrics
 
 # Above this per-token log-ratio (a ratio of 4.9e8) exp continues along its tangent, so
@@ -28,24 +29,9 @@ def exp_capped(x: Tensor, cap: float = EXP_CAP) -> Tensor:
     return torch.where(x <= cap, e, e * (1 + x - cap))
 
 
-def _groups(mask: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-    """(real items per prompt [B], weight of each prompt [B] (1 with >= 2 real items),
-    number of such prompts (>= 1, to divide by))."""
-    n = mask.sum(-1).to(dtype)
-    weight = (n >= 2).to(dtype)
-    return n, weight, weight.sum().clamp(min=1)
-
-
-def _item_mean(value: Tensor, mask: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean of `value` [B, K] over the real items of the counted prompts, and their count."""
-    items = mask.to(value.dtype) * weight[:, None]
-    count = items.sum()
-    return ((items * value).sum() / count.clamp(min=1)).detach(), count
-
-
 @register_loss("rloo")
 @dataclass
-class RLOOLoss(PreferenceLoss):
+class RLOOLoss(OptionalKL, PreferenceLoss):
     """REINFORCE Leave-One-Out, RLOO (Ahmadian et al. 2024).
 
     K samples y_i ~ pi per prompt with rewards r_i (`scores`). The reward is shaped by
@@ -80,14 +66,6 @@ class RLOOLoss(PreferenceLoss):
     def __post_init__(self) -> None:
         self.beta = check_range(self.name, "beta", self.beta, ge=0)
 
-    @property
-    def needs_reference(self) -> bool:  # type: ignore[override]
-        return self.beta > 0
-
-    @property
-    def reward_scale(self) -> float:
-        return self.beta if self.beta > 0 else 1.0
-
     def shaped_rewards(self, logps: SequenceLogps) -> Tensor:
         """[B, K] R_i = r_i - beta * stopgrad(rho_i) (0 for padded items)."""
         logps = logps.masked()
@@ -102,7 +80,7 @@ class RLOOLoss(PreferenceLoss):
         """[B, K] leave-one-out advantages A_i (0 for padded items and lone items)."""
         logps = logps.masked()
         shaped = self.shaped_rewards(logps)
-        n, weight, _ = _groups(logps.mask, shaped.dtype)
+        n, weight, _ = prompt_groups(logps.mask, shaped.dtype)
         baseline = (shaped.sum(-1, keepdim=True) - shaped) / (n[:, None] - 1).clamp(min=1)
         keep = logps.mask & (weight[:, None] > 0)
         return torch.where(keep, shaped - baseline, 0.0).detach()
@@ -111,7 +89,7 @@ class RLOOLoss(PreferenceLoss):
         logps = logps.masked()
         mask, log_pi = logps.mask, logps.policy
         advantage = self.advantages(logps).to(log_pi.dtype)
-        n, weight, prompts = _groups(mask, log_pi.dtype)
+        n, weight, prompts = prompt_groups(mask, log_pi.dtype)
         per_prompt = -(advantage * log_pi).sum(-1) / n.clamp(min=1)
         loss = (weight * per_prompt).sum() / prompts
 
@@ -120,13 +98,13 @@ class RLOOLoss(PreferenceLoss):
         if self.beta > 0:
             parts["rloo/kl"] = logps.logratios().detach()
         for key, value in parts.items():
-            metrics[key], counts[key] = _item_mean(value, mask, weight)
+            metrics[key], counts[key] = item_mean(value, mask, weight)
         return LossOutput(loss=loss, metrics=metrics, counts=counts)
 
 
 @register_loss("grpo")
 @dataclass
-class GRPOLoss(PreferenceLoss):
+class GRPOLoss(OptionalKL, PreferenceLoss):
     """Group Relative Policy Optimization, GRPO (Shao et al. 2024, DeepSeekMath, eq. 3
     with outcome supervision).
 
@@ -176,20 +154,12 @@ class GRPOLoss(PreferenceLoss):
         self.beta = check_range(self.name, "beta", self.beta, ge=0)
         self.std_eps = check_range(self.name, "std_eps", self.std_eps, gt=0)
 
-    @property
-    def needs_reference(self) -> bool:  # type: ignore[override]
-        return self.beta > 0
-
-    @property
-    def reward_scale(self) -> float:
-        return self.beta if self.beta > 0 else 1.0
-
     def advantages(self, logps: SequenceLogps) -> Tensor:
         """[B, K] group-normalised advantages (0 for padded items and lone items)."""
         logps = logps.masked()
         mask = logps.mask
         rewards = logps.scores.detach().to(torch.promote_types(logps.policy.dtype, torch.float32))
-        n, weight, _ = _groups(mask, rewards.dtype)
+        n, weight, _ = prompt_groups(mask, rewards.dtype)
         mean = torch.where(mask, rewards, 0.0).sum(-1, keepdim=True) / n[:, None].clamp(min=1)
         centred = torch.where(mask, rewards - mean, 0.0)
         std = ((centred**2).sum(-1, keepdim=True) / (n[:, None] - 1).clamp(min=1)).sqrt()
@@ -206,7 +176,7 @@ class GRPOLoss(PreferenceLoss):
         log_pi = tokens.policy
         old = log_pi.detach() if tokens.old_policy is None else tokens.old_policy.detach()
         advantage = self.advantages(logps).to(log_pi.dtype)[:, :, None]
-        n, weight, prompts = _groups(mask, log_pi.dtype)
+        n, weight, prompts = prompt_groups(mask, log_pi.dtype)
 
         ratio = exp_capped(log_pi - old)
         clipped_ratio = ratio.clamp(1 - self.epsilon, 1 + self.epsilon)
@@ -238,5 +208,5 @@ class GRPOLoss(PreferenceLoss):
             for key, value in token_parts.items():
                 metrics[key] = (torch.where(counted, value, 0.0).sum() / n_tokens.clamp(min=1)).detach()
                 counts[key] = n_tokens
-        metrics["grpo/advantage_abs"], counts["grpo/advantage_abs"] = _item_mean(advantage[:, :, 0].abs(), mask, weight)
+        metrics["grpo/advantage_abs"], counts["grpo/advantage_abs"] = item_mean(advantage[:, :, 0].abs(), mask, weight)
         return LossOutput(loss=loss, metrics=metrics, counts=counts)

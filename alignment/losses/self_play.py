@@ -23,6 +23,7 @@ from alignment.losses.base import (
     check_range,
     register_loss,
 )
+from alignment.losses.groups import OptionalKL, item_mean, prompt_groups
 from alignment.losses.metrics import reward_metrics
 
 
@@ -35,24 +36,9 @@ def _preferences(logps: SequenceLogps, owner: str) -> Tensor:
     return logps.preferences.to(logps.policy.dtype)
 
 
-def _groups(mask: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-    """(real items per prompt [B], weight of each prompt [B] (1 with >= 2 real items),
-    number of such prompts (>= 1, to divide by))."""
-    n = mask.sum(-1).to(dtype)
-    weight = (n >= 2).to(dtype)
-    return n, weight, weight.sum().clamp(min=1)
-
-
-def _item_mean(value: Tensor, mask: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean of `value` [B, K] over the real items of the counted prompts, and their count."""
-    items = mask.to(value.dtype) * weight[:, None]
-    count = items.sum()
-    return ((items * value).sum() / count.clamp(min=1)).detach(), count
-
-
 @register_loss("spo")
 @dataclass
-class SPOLoss(PreferenceLoss):
+class SPOLoss(OptionalKL, PreferenceLoss):
     """Self-Play Preference Optimization, SPO (Swamy et al. 2024).
 
     K samples y_1..y_K ~ pi per prompt; each one's reward is its leave-one-out win rate
@@ -75,19 +61,12 @@ class SPOLoss(PreferenceLoss):
     formula = "-(1/K) sum_i stopgrad(r_i - 1/2 - tau rho_i) log pi(y_i), r_i = 1/(K-1) sum_{j != i} P(y_i > y_j)"
     online_only = True
     feedback = "preferences"
+    kl_weight = "tau"
 
     tau: float = 0.0
 
     def __post_init__(self) -> None:
         self.tau = check_range(self.name, "tau", self.tau, ge=0)
-
-    @property
-    def needs_reference(self) -> bool:  # type: ignore[override]
-        return self.tau > 0
-
-    @property
-    def reward_scale(self) -> float:
-        return self.tau if self.tau > 0 else 1.0
 
     def win_rates(self, logps: SequenceLogps) -> Tensor:
         """[B, K] leave-one-out win rates r_i over the real items (0 for padded items)."""
@@ -96,7 +75,7 @@ class SPOLoss(PreferenceLoss):
         mask = logps.mask
         k = mask.shape[-1]
         others = mask[:, None, :] & ~torch.eye(k, dtype=torch.bool, device=mask.device)
-        n, _, _ = _groups(mask, prefs.dtype)
+        n, _, _ = prompt_groups(mask, prefs.dtype)
         wins = torch.where(others, prefs, 0.0).sum(-1)
         return torch.where(mask, wins / (n[:, None] - 1).clamp(min=1), 0.0)
 
@@ -105,7 +84,7 @@ class SPOLoss(PreferenceLoss):
         mask = logps.mask
         log_pi = logps.policy
         r = self.win_rates(logps).to(log_pi.dtype)
-        n, weight, prompts = _groups(mask, log_pi.dtype)
+        n, weight, prompts = prompt_groups(mask, log_pi.dtype)
         if self.tau > 0:
             if logps.reference is None:
                 raise ValueError(f"{self.name}: tau = {self.tau:g} > 0 needs reference log-probs; got None")
@@ -121,7 +100,7 @@ class SPOLoss(PreferenceLoss):
         if self.tau > 0:
             parts["spo/log_ratio"] = log_ratio
         for key, value in parts.items():
-            metrics[key], counts[key] = _item_mean(value, mask, weight)
+            metrics[key], counts[key] = item_mean(value, mask, weight)
         best = torch.where(mask, r, -1.0).amax(-1)
         metrics["spo/win_rate_best"] = ((weight * best).sum() / prompts).detach()
         counts["spo/win_rate_best"] = weight.sum()
@@ -176,7 +155,7 @@ class SPPOLoss(PreferenceLoss):
         k = mask.shape[-1]
         eye = torch.eye(k, dtype=torch.bool, device=mask.device)
         prefs = torch.where(eye, torch.full_like(prefs, 0.5), prefs)
-        n, _, _ = _groups(mask, prefs.dtype)
+        n, _, _ = prompt_groups(mask, prefs.dtype)
         wins = torch.where(mask[:, None, :], prefs, 0.0).sum(-1)
         return torch.where(mask, wins / n[:, None].clamp(min=1), 0.0)
 
@@ -201,7 +180,7 @@ class SPPOLoss(PreferenceLoss):
         mask = logps.mask
         rho = logps.logratios()
         p = self.win_rates(logps).to(rho.dtype)
-        _, weight, prompts = _groups(mask, rho.dtype)
+        _, weight, prompts = prompt_groups(mask, rho.dtype)
         chosen = self.selected(p.detach(), mask)
         target = (p - 0.5) / self.beta
         residual = torch.where(chosen, rho - target, 0.0)
@@ -215,5 +194,5 @@ class SPPOLoss(PreferenceLoss):
         for key, value in {"sppo/win_rate_best": best, "sppo/win_rate_worst": worst}.items():
             metrics[key] = ((weight * torch.where(weight > 0, value, 0.0)).sum() / prompts).detach()
             counts[key] = weight.sum()
-        metrics["sppo/residual"], counts["sppo/residual"] = _item_mean(residual.detach(), chosen, weight)
+        metrics["sppo/residual"], counts["sppo/residual"] = item_mean(residual.detach(), chosen, weight)
         return LossOutput(loss=loss, metrics=metrics, counts=counts)
