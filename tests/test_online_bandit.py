@@ -103,7 +103,10 @@ def test_online_trainer_converges_to_the_regularised_equilibrium(loss, sampler, 
     star = regularized_nash_equilibrium(P, mu, TAU)
     assert total_variation(mu, star) > 0.15  # the equilibrium is far from where training starts
 
-    batch = 64
+    # Online IPO draws both samples from the policy, a noisier gradient than Nash-MD's: at 64
+    # prompts per step its final TV to pi* ranged 0.005-0.06 over training seeds 0-3; at 128 it
+    # measured 0.032 (seed 0) and 0.009 (seed 1).
+    batch = 128 if loss == "online_ipo" else 64
     prompts = datasets.Dataset.from_dict(
         {"prompt": [json.dumps("a")] * batch, "prompt_input_ids": [[PROMPT_ID]] * batch}
     )
