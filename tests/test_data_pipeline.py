@@ -10,9 +10,10 @@ import datasets
 import pytest
 
 from alignment.config import DataConfig, SourceConfig
-from alignment.data import BadRowError, PreferenceCollator, build_datasets, load_source
+from alignment.data import BadRowError, PreferenceCollator, adapt_row, build_datasets, load_source, tokenize_example
 from alignment.data import pipeline as pipeline_module
 from alignment.data import tokenize as tokenize_module
+from alignment.data.tokenize import STATS_COLUMNS
 from tests.helpers import ASSISTANT, EOS, USER
 from tests.helpers import char_ids as ids
 
@@ -104,6 +105,18 @@ def test_prompt_filling_max_length(tmp_path, tok):
     data = build_datasets(config(SourceConfig(path), max_length=10, max_prompt_length=None, bad_rows="skip"), tok)
     assert data.report.skipped == {"prompt_fills_max_length": 1}
     assert len(data.train) == 3
+
+
+def test_error_names_a_row_that_cannot_be_adapted_before_a_prompt_that_is_too_long(tmp_path, tok):
+    """Rows are adapted and tokenized in one pass, but `error` still reports a malformed
+    row first: fixing the length settings would not fix it."""
+    rows = pairwise_rows(6)
+    rows[1]["prompt"] = "0123456789"
+    del rows[4]["rejected"]
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    with pytest.raises(BadRowError) as info:
+        build_datasets(config(SourceConfig(path), max_length=10, max_prompt_length=None), tok)
+    assert (info.value.index, info.value.reason) == (4, "missing_column")
 
 
 # ----------------------------------------------------------------------------- truncation
@@ -352,6 +365,90 @@ def test_num_proc_gives_the_same_result(tmp_path, tok):
     parallel = build_datasets(config(SourceConfig(path), bad_rows="skip", num_proc=2), tok)
     assert serial.train[:] == parallel.train[:]
     assert serial.report.skipped == parallel.report.skipped == {"empty_completion": 1}
+
+
+# ----------------------------------------------------------------------------- one pass per source
+
+
+def _record_maps(monkeypatch) -> list[tuple[str, int]]:
+    """(function name, number of rows) of every `datasets.Dataset.map` from now on."""
+    calls: list[tuple[str, int]] = []
+    original = datasets.Dataset.map
+
+    def recording_map(self, function=None, *args, **kwargs):
+        calls.append((getattr(function, "__name__", repr(function)), len(self)))
+        return original(self, function, *args, **kwargs)
+
+    monkeypatch.setattr(datasets.Dataset, "map", recording_map)
+    return calls
+
+
+def test_a_source_is_adapted_and_tokenized_in_one_map(tmp_path, tok, monkeypatch):
+    """Rows go from the file to token ids in a single `datasets.map`: no map per step,
+    so no row is encoded again between adapting and tokenizing."""
+    path = write_jsonl(tmp_path / "p.jsonl", pairwise_rows(12))
+    calls = _record_maps(monkeypatch)
+    data = build_datasets(config(SourceConfig(path)), tok)
+    assert len(calls) == 1 and calls[0][1] == 12
+    assert sorted(decoded_prompts(data.train, tok)) == sorted(f"q{i}" for i in range(12))
+
+
+def test_a_fraction_tokenizes_only_the_rows_it_keeps(tmp_path, tok, monkeypatch):
+    """The fraction is of the good rows: one pass finds them (adapting only), and only the
+    kept ones are tokenized."""
+    rows = pairwise_rows(12)
+    rows[4]["chosen"] = ""
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    calls = _record_maps(monkeypatch)
+    data = build_datasets(config(SourceConfig(path, fraction=0.5), bad_rows="skip"), tok)
+    row_passes = [n for name, n in calls if name == "_convert_batch"]
+    assert row_passes == [12, 6]  # every row checked; ceil(0.5 * 11 good rows) tokenized
+    (source,) = data.report.sources
+    assert (source.rows_used, source.skipped) == (6, {"empty_completion": 1})
+    assert len(data.train) == 6 and "q4" not in decoded_prompts(data.train, tok)
+
+
+def test_chat_messages_get_the_ids_of_tokenize_example_on_the_adapted_row(tmp_path, tok):
+    """Row for row, a source of chat messages gives the ids `tokenize_example` gives the
+    adapted example, with the same truncation counts."""
+
+    def turn(role: str, content: str) -> dict:
+        return {"role": role, "content": content}
+
+    pairs = [
+        {
+            "chosen": [turn("system", "sé gentil"), turn("user", f"q{i} ü"), turn("assistant", f"a{i} ✓")],
+            "rejected": [
+                *(turn("system", "sé gentil"), turn("user", f"q{i} ü"), turn("assistant", f"b{i}")),
+                *(turn("user", "más"), turn("assistant", "no")),
+            ],
+        }
+        for i in range(6)
+    ]
+    ranked = [
+        {
+            "prompt": [turn("user", f"r{i}")],
+            "completions": [[turn("assistant", c)] for c in ("x", "yy", "z" * (15 + 2 * i))],
+            "scores": [1.0, 3.0, 2.0],
+        }
+        for i in range(4)
+    ]
+    settings = {"max_length": 24, "max_prompt_length": 12}
+    for name, rows in (("pairs", pairs), ("ranked", ranked)):
+        path = write_jsonl(tmp_path / f"{name}.jsonl", rows)
+        data = build_datasets(config(SourceConfig(path), **settings), tok)
+        (source,) = data.report.sources
+        expected = [
+            tokenize_example(adapt_row(row, source.layout, path, i), tok, **settings) for i, row in enumerate(rows)
+        ]
+
+        def ids_of(rows):
+            return sorted((r["prompt_input_ids"], r["completion_input_ids"], r["scores"]) for r in rows)
+
+        assert ids_of(data.train) == ids_of(expected)
+        counts = (source.prompts_truncated, source.completions_truncated, source.tokens_dropped)
+        assert counts == tuple(sum(r[k] for r in expected) for k in STATS_COLUMNS)
+        assert source.tokens_dropped > 0  # the cuts are exercised too
 
 
 # ----------------------------------------------------------------------------- report

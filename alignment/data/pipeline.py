@@ -1,21 +1,25 @@
-"""The whole data path: sources -> adapted rows -> bad-row policy -> mixture -> tokens.
+"""The whole data path: sources -> token ids -> bad-row policy -> fraction -> mixture.
 
-Every step is a `datasets` transform (map / filter / shuffle / select), so each one is
-cached under a fingerprint of its inputs and a second run on the same data and
-settings reloads the results instead of recomputing them.
+Each source's rows go from the row as read to token ids in one batched `datasets.map`
+(`map_rows`): a row is decoded once, adapted to a PreferenceExample and tokenized in the
+same pass, and the example never leaves Python. Every step is a `datasets` transform
+(map / filter / shuffle / select), so each one is cached under a fingerprint of its
+inputs and a second run on the same data and settings reloads the results instead of
+recomputing them.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
+import sys
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from alignment.config import DataConfig, SourceConfig
@@ -23,37 +27,33 @@ from alignment.data import adapters as adapters_module
 from alignment.data import conversations as conversations_module
 from alignment.data import example as example_module
 from alignment.data import fields as fields_module
+from alignment.data import rows as rows_module
 from alignment.data import sources as sources_module
+from alignment.data import tokenize as tokenize_module
 from alignment.data.adapters import adapt_row, detect_layout, renamed
 from alignment.data.example import BadRowError, DataError
+from alignment.data.rows import BOOKKEEPING_COLUMNS, BOOKKEEPING_FEATURES, ROW_INDEX, code_version, map_rows
 from alignment.data.sources import RawSource, load_source, mix, row_dicts, source_label, take_fraction
-from alignment.data.tokenize import STATS_COLUMNS, resolve_chat_template, tokenize_dataset
+from alignment.data.tokenize import (
+    PROMPT_FILLS_MAX_LENGTH,
+    STATS_COLUMNS,
+    TOKENIZED_FEATURES,
+    resolve_chat_template,
+    tokenize_example,
+)
 
 logger = logging.getLogger(__name__)
 
-# Prompt and completions are kept as JSON text between adaptation and tokenization:
-# they are strings in one source and message lists in another, and one string column
-# lets every source (and every bad row) share the same features.
-ADAPTED_FEATURES = datasets.Features(
-    {
-        "example": datasets.Value("string"),
-        "scores": datasets.List(datasets.Value("float64")),
-        "_index": datasets.Value("int64"),
-        "_bad_reason": datasets.Value("string"),
-        "_bad_detail": datasets.Value("string"),
-    }
+# Salts the maps' cache fingerprints (with tokenize.CODE_VERSION where rows are tokenized).
+ADAPT_CODE_VERSION = code_version(
+    adapters_module,
+    conversations_module,
+    example_module,
+    fields_module,
+    rows_module,
+    sources_module,
+    sys.modules[__name__],
 )
-BOOKKEEPING_COLUMNS = ["_index", "_bad_reason", "_bad_detail"]
-
-# `datasets` fingerprints a module-level function by its name only; salting the map with
-# the adapters' source makes edited adapters recompute instead of reusing a stale cache.
-ADAPT_CODE_VERSION = hashlib.sha256(
-    b"".join(
-        Path(module.__file__).read_bytes()
-        for module in (adapters_module, conversations_module, example_module, fields_module, sources_module)
-    )
-    + Path(__file__).read_bytes()
-).hexdigest()[:16]
 
 
 @dataclass
@@ -216,21 +216,28 @@ def _prepare_source(
             "for online training -- add an `online:` section to the recipe, or use preference data"
         )
     report = SourceReport(source=label, split=split, layout=layout, rows_loaded=len(raw))
+    adapt = {"layout": layout, "require_order": require_order, "system": src.system}
+    rows = raw.rows
+    if src.fraction < 1.0:
+        rows = _good_fraction(rows, src, cfg, label, report, adapt)
 
-    adapted = _adapt_dataset(raw.rows, layout, label, require_order, cfg.num_proc, src)
-    adapted = _apply_policy(adapted, cfg.bad_rows, label, report, cfg.num_proc)
-    # The fraction is taken of the good rows, so it is the share of usable data.
-    adapted = take_fraction(adapted, src.fraction, cfg.seed)
-
-    tokenized = tokenize_dataset(
-        adapted,
-        tokenizer,
+    tokenized = map_rows(
+        rows,
+        src,
+        _preference_fields,
+        TOKENIZED_FEATURES,
+        code_version=f"{ADAPT_CODE_VERSION}-{tokenize_module.CODE_VERSION}",
+        num_proc=cfg.num_proc,
+        desc=f"Adapting and tokenizing {label}",
+        tokenizer=tokenizer,
         max_length=cfg.max_length,
         max_prompt_length=cfg.max_prompt_length,
         chat_template=chat_template,
-        num_proc=cfg.num_proc,
+        **adapt,
     )
-    tokenized = _apply_policy(tokenized, cfg.bad_rows, label, report, cfg.num_proc)
+    tokenized = _apply_policy(
+        tokenized, cfg.bad_rows, label, report, cfg.num_proc, found_late=[PROMPT_FILLS_MAX_LENGTH]
+    )
 
     stats = tokenized.select_columns(list(STATS_COLUMNS)).with_format("arrow")[:]
     report.prompts_truncated = _sum(stats, "prompt_truncated")
@@ -238,6 +245,54 @@ def _prepare_source(
     report.tokens_dropped = _sum(stats, "tokens_dropped")
     report.rows_used = len(tokenized)
     return tokenized.remove_columns(BOOKKEEPING_COLUMNS + list(STATS_COLUMNS)), report
+
+
+def _good_fraction(
+    rows: datasets.Dataset,
+    src: SourceConfig,
+    cfg: DataConfig,
+    label: str,
+    report: SourceReport,
+    adapt: dict[str, Any],
+) -> datasets.Dataset:
+    """The rows `take_fraction` keeps of the source's good rows, in its order, each with
+    its index in the source (`ROW_INDEX`). The fraction is taken of the good rows, so it
+    is the share of usable data: finding them adapts every row, but only the kept ones
+    are then tokenized."""
+    checked = map_rows(
+        rows,
+        src,
+        _adapted_fields,
+        BOOKKEEPING_FEATURES,
+        code_version=ADAPT_CODE_VERSION,
+        num_proc=cfg.num_proc,
+        desc=f"Checking {label}",
+        **adapt,
+    )
+    checked = _apply_policy(checked, cfg.bad_rows, label, report, cfg.num_proc)
+    kept = take_fraction(checked, src.fraction, cfg.seed).select_columns(["_index"]).with_format("arrow")[:]
+    return rows.add_column(ROW_INDEX, np.arange(len(rows))).select(kept.column("_index").to_numpy())
+
+
+def _preference_fields(
+    row: dict[str, Any],
+    index: int,
+    source: str,
+    *,
+    layout: str,
+    require_order: bool,
+    system: str | None,
+    **tokenize: Any,
+) -> dict[str, Any]:
+    example = adapt_row(row, layout, source, index, require_order, system)
+    return tokenize_example(example, **tokenize)
+
+
+def _adapted_fields(
+    row: dict[str, Any], index: int, source: str, *, layout: str, require_order: bool, system: str | None
+) -> dict[str, Any]:
+    adapt_row(row, layout, source, index, require_order, system)
+    return {}
 
 
 def source_layout(raw: RawSource, src: SourceConfig, label: str, policy: str) -> str:
@@ -259,76 +314,26 @@ def source_layout(raw: RawSource, src: SourceConfig, label: str, policy: str) ->
         raise DataError(f"data source {label}: {err}") from None
 
 
-def _adapt_dataset(
-    raw: datasets.Dataset, layout: str, label: str, require_order: bool, num_proc: int | None, src: SourceConfig
-) -> datasets.Dataset:
-    """Rows -> JSON-encoded PreferenceExamples, bad rows marked in `_bad_reason`; the
-    source's column mapping and system prompt are applied to each row."""
-    if len(raw) == 0:  # map would give an empty dataset none of the new columns
-        return _empty(ADAPTED_FEATURES)
-    return raw.map(
-        _adapt_batch,
-        batched=True,
-        with_indices=True,
-        fn_kwargs={
-            "layout": layout,
-            "source": label,
-            "require_order": require_order,
-            "columns": src.columns,
-            "system": src.system,
-            "code_version": ADAPT_CODE_VERSION,
-        },
-        remove_columns=raw.column_names,
-        features=ADAPTED_FEATURES,
-        num_proc=num_proc,
-        desc=f"Adapting {label}",
-    )
-
-
-def _adapt_batch(
-    batch: dict[str, list[Any]],
-    indices: list[int],
-    *,
-    layout: str,
-    source: str,
-    require_order: bool,
-    columns: dict[str, str] | None,
-    system: str | None,
-    code_version: str,
-) -> dict[str, list[Any]]:
-    out: dict[str, list[Any]] = {name: [] for name in ADAPTED_FEATURES}
-    for (row, reason, detail), index in zip(row_dicts(batch), indices, strict=True):
-        try:
-            if row is None:  # the reader found the row bad (a malformed JSON line)
-                raise BadRowError(source, index, reason, detail)
-            adapted = adapt_row(renamed(row, columns), layout, source, index, require_order, system)
-        except BadRowError as err:
-            out["example"].append("")
-            out["scores"].append([])
-            out["_bad_reason"].append(err.reason)
-            out["_bad_detail"].append(err.detail)
-        else:
-            fields = {"prompt": adapted.prompt, "completions": adapted.completions}
-            if adapted.tools is not None:
-                fields["tools"] = adapted.tools
-            out["example"].append(json.dumps(fields, ensure_ascii=False))
-            out["scores"].append(adapted.scores)
-            out["_bad_reason"].append("")
-            out["_bad_detail"].append("")
-        out["_index"].append(index)
-    return out
-
-
 def _apply_policy(
-    dataset: datasets.Dataset, policy: str, label: str, report: SourceReport, num_proc: int | None
+    dataset: datasets.Dataset,
+    policy: str,
+    label: str,
+    report: SourceReport,
+    num_proc: int | None,
+    found_late: Iterable[str] = (),
 ) -> datasets.Dataset:
-    """`error`: raise for the first bad row. `skip`: drop bad rows, counting each reason."""
+    """`error`: raise for the first bad row. `skip`: drop bad rows, counting each reason.
+
+    `found_late`: reasons of checks that come after adaptation (a prompt too long for
+    `max_length`). `error` names such a row only when no row is bad otherwise, so a row
+    that cannot be adapted at all is reported before one that fails the length settings."""
     reasons = dataset.select_columns(["_bad_reason"]).with_format("arrow")[:].column("_bad_reason")
     bad = pc.not_equal(reasons, "")
     if not pc.any(bad).as_py():
         return dataset
     if policy == "error":
-        row = dataset[pc.index(bad, True).as_py()]
+        early = pc.and_(bad, pc.invert(pc.is_in(reasons, value_set=pa.array(list(found_late), pa.string()))))
+        row = dataset[pc.index(early if pc.any(early).as_py() else bad, True).as_py()]
         raise BadRowError(label, row["_index"], row["_bad_reason"], row["_bad_detail"])
     counts = pc.value_counts(pc.filter(reasons, bad))
     for item in counts.to_pylist():
@@ -336,10 +341,6 @@ def _apply_policy(
     return dataset.filter(
         _is_good, input_columns="_bad_reason", batched=True, num_proc=num_proc, desc="Dropping bad rows"
     )
-
-
-def _empty(features: datasets.Features) -> datasets.Dataset:
-    return datasets.Dataset.from_dict({name: [] for name in features}, features=features)
 
 
 def _is_good(reasons: list[str]) -> list[bool]:

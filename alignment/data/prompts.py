@@ -8,9 +8,8 @@ for the sampler."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-from pathlib import Path
+import sys
 from typing import Any
 
 import datasets
@@ -19,22 +18,22 @@ from alignment.config import DataConfig, SourceConfig
 from alignment.data import adapters as adapters_module
 from alignment.data import conversations as conversations_module
 from alignment.data import fields as fields_module
+from alignment.data import pipeline as pipeline_module
+from alignment.data import rows as rows_module
 from alignment.data import sources as sources_module
 from alignment.data import tokenize as tokenize_module
-from alignment.data.adapters import adapt_prompt, renamed
-from alignment.data.example import BadRowError
+from alignment.data.adapters import adapt_prompt
 from alignment.data.pipeline import (
-    BOOKKEEPING_COLUMNS,
     DataReport,
     NoUsableRows,
     PreparedData,
     SourceReport,
     _apply_policy,
-    _empty,
     logger,
     source_layout,
 )
-from alignment.data.sources import load_source, mix, row_dicts, source_label, take_fraction
+from alignment.data.rows import BOOKKEEPING_COLUMNS, BOOKKEEPING_FEATURES, code_version, map_rows
+from alignment.data.sources import load_source, mix, source_label, take_fraction
 from alignment.data.tokenize import prompt_token_ids, resolve_chat_template
 
 PROMPT_FEATURES = datasets.Features(
@@ -43,20 +42,21 @@ PROMPT_FEATURES = datasets.Features(
         "prompt_input_ids": datasets.List(datasets.Value("int32")),
         "prompt_truncated": datasets.Value("bool"),
         "tokens_dropped": datasets.Value("int64"),
-        "_index": datasets.Value("int64"),
-        "_bad_reason": datasets.Value("string"),
-        "_bad_detail": datasets.Value("string"),
+        **BOOKKEEPING_FEATURES,
     }
 )
 
 # Salts the map's cache fingerprint, which `datasets` takes from the function's name only.
-CODE_VERSION = hashlib.sha256(
-    b"".join(
-        Path(m.__file__).read_bytes()
-        for m in (adapters_module, conversations_module, fields_module, sources_module, tokenize_module)
-    )
-    + Path(__file__).read_bytes()
-).hexdigest()[:16]
+CODE_VERSION = code_version(
+    adapters_module,
+    conversations_module,
+    fields_module,
+    sources_module,
+    tokenize_module,
+    pipeline_module,
+    rows_module,
+    sys.modules[__name__],
+)
 
 
 def build_prompt_datasets(cfg: DataConfig, tokenizer: Any) -> PreparedData:
@@ -97,28 +97,20 @@ def _prepare_source(
     layout = source_layout(raw, src, label, cfg.bad_rows)
     report = SourceReport(source=label, split=split, layout=layout, rows_loaded=len(raw))
     reports.append(report)
-    if len(raw) == 0:
-        prompts = _empty(PROMPT_FEATURES)
-    else:
-        prompts = raw.rows.map(
-            _prompt_batch,
-            batched=True,
-            with_indices=True,
-            fn_kwargs={
-                "layout": layout,
-                "source": label,
-                "tokenizer": tokenizer,
-                "chat_template": chat_template,
-                "max_prompt_length": cfg.max_prompt_length,
-                "columns": src.columns,
-                "system": src.system,
-                "code_version": CODE_VERSION,
-            },
-            remove_columns=raw.rows.column_names,
-            features=PROMPT_FEATURES,
-            num_proc=cfg.num_proc,
-            desc=f"Reading prompts of {label}",
-        )
+    prompts = map_rows(
+        raw.rows,
+        src,
+        _prompt_fields,
+        PROMPT_FEATURES,
+        code_version=CODE_VERSION,
+        num_proc=cfg.num_proc,
+        desc=f"Reading prompts of {label}",
+        layout=layout,
+        system=src.system,
+        tokenizer=tokenizer,
+        chat_template=chat_template,
+        max_prompt_length=cfg.max_prompt_length,
+    )
     prompts = _apply_policy(prompts, cfg.bad_rows, label, report, cfg.num_proc)
     prompts = take_fraction(prompts, src.fraction, cfg.seed)
     report.rows_used = len(prompts)
@@ -127,40 +119,23 @@ def _prepare_source(
     return prompts.remove_columns([*BOOKKEEPING_COLUMNS, "prompt_truncated", "tokens_dropped"])
 
 
-def _prompt_batch(
-    batch: dict[str, list[Any]],
-    indices: list[int],
+def _prompt_fields(
+    row: dict[str, Any],
+    index: int,
+    source: str,
     *,
     layout: str,
-    source: str,
+    system: str | None,
     tokenizer: Any,
     chat_template: str | None,
     max_prompt_length: int | None,
-    columns: dict[str, str] | None,
-    system: str | None,
-    code_version: str,
-) -> dict[str, list[Any]]:
-    out: dict[str, list[Any]] = {name: [] for name in PROMPT_FEATURES}
-    for (row, reason, detail), index in zip(row_dicts(batch), indices, strict=True):
-        fields: dict[str, Any] = {"prompt": "", "prompt_input_ids": [], "prompt_truncated": False, "tokens_dropped": 0}
-        try:
-            if row is None:  # the reader found the row bad (a malformed JSON line)
-                raise BadRowError(source, index, reason, detail)
-            prompt = adapt_prompt(renamed(row, columns), layout, source, index, system)
-            ids = prompt_token_ids(prompt, tokenizer, chat_template)
-        except BadRowError as err:
-            fields.update(_bad_reason=err.reason, _bad_detail=err.detail)
-        else:
-            dropped = max(0, len(ids) - max_prompt_length) if max_prompt_length is not None else 0
-            fields.update(
-                prompt=json.dumps(prompt, ensure_ascii=False),
-                prompt_input_ids=ids[dropped:],  # keep the end: the question right before the answer
-                prompt_truncated=dropped > 0,
-                tokens_dropped=dropped,
-                _bad_reason="",
-                _bad_detail="",
-            )
-        fields["_index"] = index
-        for name in out:
-            out[name].append(fields[name])
-    return out
+) -> dict[str, Any]:
+    prompt = adapt_prompt(row, layout, source, index, system)
+    ids = prompt_token_ids(prompt, tokenizer, chat_template)
+    dropped = max(0, len(ids) - max_prompt_length) if max_prompt_length is not None else 0
+    return {
+        "prompt": json.dumps(prompt, ensure_ascii=False),
+        "prompt_input_ids": ids[dropped:],  # keep the end: the question right before the answer
+        "prompt_truncated": dropped > 0,
+        "tokens_dropped": dropped,
+    }

@@ -10,7 +10,6 @@ counted in the row's stats columns, never silent.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,8 +21,9 @@ from alignment.data.example import BadRowError, DataError, PreferenceExample
 
 PROMPT_FILLS_MAX_LENGTH = "prompt_fills_max_length"
 
-# Fixed output types: the same features for every source, so sources concatenate, and
-# bad rows (empty values) never leave a column without a type.
+# Fixed output types of a tokenized row (`tokenize_example`'s fields and the bookkeeping
+# the bad-row policy reads): the same features for every source, so sources concatenate,
+# and bad rows (empty values) never leave a column without a type.
 TOKENIZED_FEATURES = datasets.Features(
     {
         "prompt_input_ids": datasets.List(datasets.Value("int32")),
@@ -39,9 +39,9 @@ TOKENIZED_FEATURES = datasets.Features(
 )
 STATS_COLUMNS = ("prompt_truncated", "completions_truncated", "tokens_dropped")
 
-# `datasets` fingerprints a module-level function by its name only; salting the map with
-# this module's source makes an edited tokenization step recompute instead of reusing a
-# stale cache.
+# `datasets` fingerprints a module-level function by its name only; salting the data
+# pipeline's map with this module's source makes an edited tokenization step recompute
+# instead of reusing a stale cache.
 CODE_VERSION = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 
 
@@ -175,59 +175,3 @@ def _render(
         chat_template=chat_template,
         tools=tools,
     )
-
-
-def tokenize_dataset(
-    dataset: datasets.Dataset,
-    tokenizer: Any,
-    *,
-    max_length: int | None,
-    max_prompt_length: int | None,
-    chat_template: str | None,
-    num_proc: int | None = None,
-) -> datasets.Dataset:
-    """Tokenize an adapted dataset (columns `example`, `scores`, `_index`) with
-    `datasets.map`, so the result is cached under a fingerprint of the inputs. Rows the
-    tokenizer rejects are kept, marked in `_bad_reason`, for the bad-row policy."""
-    if len(dataset) == 0:  # map would give an empty dataset none of the new columns
-        return datasets.Dataset.from_dict({name: [] for name in TOKENIZED_FEATURES}, features=TOKENIZED_FEATURES)
-    return dataset.map(
-        _tokenize_batch,
-        batched=True,
-        fn_kwargs={
-            "tokenizer": tokenizer,
-            "max_length": max_length,
-            "max_prompt_length": max_prompt_length,
-            "chat_template": chat_template,
-            "code_version": CODE_VERSION,
-        },
-        remove_columns=dataset.column_names,
-        features=TOKENIZED_FEATURES,
-        num_proc=num_proc,
-        desc="Tokenizing",
-    )
-
-
-def _tokenize_batch(batch: dict[str, list[Any]], code_version: str, **kwargs: Any) -> dict[str, list[Any]]:
-    out: dict[str, list[Any]] = {name: [] for name in TOKENIZED_FEATURES}
-    for encoded, scores, index in zip(batch["example"], batch["scores"], batch["_index"], strict=True):
-        fields = json.loads(encoded)
-        example = PreferenceExample(fields["prompt"], fields["completions"], scores, fields.get("tools"))
-        try:
-            row = tokenize_example(example, **kwargs)
-            row.update(_bad_reason="", _bad_detail="")
-        except BadRowError as err:
-            row = {
-                "prompt_input_ids": [],
-                "completion_input_ids": [],
-                "scores": scores,
-                "prompt_truncated": False,
-                "completions_truncated": 0,
-                "tokens_dropped": 0,
-                "_bad_reason": err.reason,
-                "_bad_detail": err.detail,
-            }
-        row["_index"] = index
-        for name in out:
-            out[name].append(row[name])
-    return out
