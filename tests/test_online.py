@@ -94,6 +94,30 @@ def test_online_two_process_ddp(tmp_path):
     assert results["epoch"] == pytest.approx(150 / 63, abs=1e-3), proc.stdout[-2000:]
 
 
+def test_grpo_two_updates_per_batch_under_two_process_ddp(tmp_path):
+    """updates_per_batch 2 under gloo DDP: each process gets back its own micro-batch of
+    prompts at the second update (the trainer raises otherwise), the repeat doubles the
+    epoch's steps, the first update of a batch has importance ratio exactly 1 and the
+    second, after the policy moved, does not."""
+    train(
+        "grpo",
+        tmp_path,
+        "--training.max_steps=6",
+        "--training.per_device_train_batch_size=16",
+        "--training.logging_steps=1",
+        "--training.eval_strategy=no",
+        "--training.eval_on_start=false",
+        launcher=accelerate_launch(2),
+    )
+    logs = [entry for entry in log_history(tmp_path) if "grpo/ratio" in entry]
+    assert [entry["step"] for entry in logs] == [1, 2, 3, 4, 5, 6]
+    # 4000 prompts, each given twice, in steps of 2 processes x 16: 250 steps per epoch.
+    assert logs[-1]["epoch"] == pytest.approx(6 / 250)
+    for entry in logs:
+        fresh = entry["step"] % 2 == 1  # steps 1, 3, 5 sample; 2, 4, 6 reuse those samples
+        assert (entry["grpo/ratio"] == 1.0) == fresh, entry
+
+
 # --------------------------------------------------------------------------- judges
 
 

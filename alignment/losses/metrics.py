@@ -15,11 +15,13 @@ reward of each completion.
   A tie is |r_i - r_j| <= scale * TIE_RTOL * (|pi_i| + |ref_i| + |pi_j| + |ref_j|):
   a difference within float32 rounding of the four summed log-probs it comes from.
   Why: a precomputed reference and the policy at step 0 are the same model run on
-  batches of different composition. The `baseline` and `shared_prompt` forwards start
-  every sequence at position 0 of its own row and give bit-identical sums, but under
-  `packed` a sequence's attention is computed at its offset in one long row, so its
-  rounding depends on its neighbours: on SmolLM2-135M the step-0 log-ratios differ
-  from 0 by up to 4.2e-7 of those magnitudes, which an exact comparison would score
+  batches of different composition, and their sums round differently: under `packed`
+  a sequence's attention is computed at its offset in one long row, shared with its
+  neighbours; under `shared_prompt` a row's width depends on the batch; and with more
+  than one thread the BLAS splits a GEMM by its row count, which changes the rounding
+  of every forward (`baseline` on one thread is the only bit-exact case measured). On
+  SmolLM2-135M the step-0 log-ratios differ from 0 by up to 4.2e-7 of those
+  magnitudes, which an exact comparison would score
   as 0.56 instead of 0.5. Real preferences are far larger: after one DPO step at
   lr 5e-7 the margins are ~1e-5 of them.
 """
