@@ -45,6 +45,17 @@ def train(
     return run(train_command(recipe, out, *overrides, launcher=launcher), check=check, env=env)
 
 
+def train_in_process(recipe: str, out: Path, *overrides: str) -> dict[str, float]:
+    """recipes/tiny/<recipe>.yaml trained in this process, as `alignment train` does: for
+    tests of what a recipe learns, which need no process boundary (the launch path is
+    tested by the tests that call `train`). Saves the interpreter and import start-up."""
+    from alignment.config import load_config
+    from alignment.run import train as run_training
+
+    config = load_config(ROOT / "recipes" / "tiny" / f"{recipe}.yaml", [f"--training.output_dir={out}", *overrides])
+    return run_training(config)
+
+
 def accelerate_launch(num_processes: int = 2, config_file: str | None = None) -> list[str]:
     """`accelerate launch` for N CPU processes: plain gloo DDP, or the backend of a
     shipped accelerate config with its GPU-only settings (bf16) turned off."""

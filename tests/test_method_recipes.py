@@ -11,14 +11,14 @@ import pytest
 
 from alignment.config import load_config
 from alignment.run import train
-from tests.launch import ROOT, log_history
+from tests.launch import ROOT, log_history, train_in_process
 
 pytestmark = pytest.mark.slow
 
 
 def run_recipe(name: str, out: Path, *overrides: str) -> tuple[dict, dict]:
     """(the step-0 evaluation, the final one) of recipes/tiny/<name>.yaml."""
-    train(load_config(ROOT / "recipes" / "tiny" / f"{name}.yaml", [f"--training.output_dir={out}", *overrides]))
+    train_in_process(name, out, *overrides)
     final = json.loads((out / "eval_results.json").read_text())
     start = next(entry for entry in log_history(out) if entry.get("epoch") == 0 and any("eval_" in k for k in entry))
     return start, final

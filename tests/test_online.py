@@ -15,7 +15,7 @@ from alignment.data.prompts import build_prompt_datasets
 from alignment.online.judges import CallableJudge, JudgeError
 from alignment.tasks.arithmetic import closer_to_sum
 from tests.helpers import ASSISTANT, EOS, char_ids, tiny_tokenizer, write_jsonl
-from tests.launch import accelerate_launch, log_history, train
+from tests.launch import accelerate_launch, log_history, train, train_in_process
 
 # Each test launches training runs (seconds to a minute each): the full suite runs them, the fast tier does not.
 pytestmark = pytest.mark.slow
@@ -30,7 +30,7 @@ def eval_results(out: Path) -> dict:
 
 @pytest.mark.parametrize("recipe", ONLINE_RECIPES)
 def test_tiny_online_recipe_beats_the_initial_policy(recipe, tmp_path):
-    train(recipe, tmp_path)
+    train_in_process(recipe, tmp_path)
     results = eval_results(tmp_path)
     assert results["eval_win_rate_vs_initial"] >= 0.6, results
     start = [e for e in log_history(tmp_path) if "eval_win_rate_vs_initial" in e][0]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import float32_approx
-from tests.launch import ROOT, log_history, run, train
+from tests.launch import ROOT, log_history, run, train, train_in_process
 
 # Each test launches training runs (seconds to a minute each): the full suite runs them, the fast tier does not.
 pytestmark = pytest.mark.slow
@@ -47,7 +47,7 @@ def test_tiny_dpo_recipe_learns_the_task(tmp_path):
 @pytest.mark.parametrize("recipe", ["ipo", "rdpo", "rpo", "hinge", "lipo", "listmle"])
 def test_other_tiny_recipes_learn_the_task(recipe, tmp_path):
     out = tmp_path / recipe
-    train(recipe, out, "--training.eval_on_start=false")
+    train_in_process(recipe, out, "--training.eval_on_start=false")
     assert json.loads((out / "eval_results.json").read_text())["eval_reward_accuracy"] >= 0.75
 
 
