@@ -103,18 +103,14 @@ def check_online(online: OnlineConfig | None, loss: PreferenceLoss, reference: R
                 f"got {online.num_samples}"
             )
     if online.updates_per_batch > 1 and not any(term.reuses_samples for term in terms):
-        reusing = [name for name, cls in _losses().items() if cls.reuses_samples]
+        from alignment.losses import available_losses
+
+        reusing = [name for name, cls in available_losses().items() if cls.reuses_samples]
         raise ConfigError(
             f"online.updates_per_batch: {online.updates_per_batch} reuses each batch of samples for several "
             f"updates, which needs a loss with an importance-ratio surrogate ({', '.join(reusing)}); "
             f"{', '.join(t.name for t in terms)} would train off-policy"
         )
-
-
-def _losses():
-    from alignment.losses import available_losses
-
-    return available_losses()
 
 
 def check_evaluation(

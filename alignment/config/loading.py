@@ -132,10 +132,7 @@ def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None
     resolve_reference(reference, loss_fn, lora, model)
     check_online(online, loss_fn, reference)
     # An online run whose reference moves or is another model reports its win rate against that reference.
-    initial = reference.update is None and all(
-        getattr(reference, k) is None for k in ("name_or_path", "init_seed", "models")
-    )
-    check_evaluation(evaluation, data, online, initial)
+    check_evaluation(evaluation, data, online, reference.is_initial_policy(model))
     check_quantization(quantization, lora, model)
 
     resolved = {

@@ -242,6 +242,15 @@ class ReferenceConfig:
             if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
                 raise ConfigError(f"reference.weights must be >= 0 with a positive sum, got {self.weights}")
 
+    def is_initial_policy(self, model: ModelConfig) -> bool:
+        """Whether this reference is the policy at step 0: the same weights, never moved
+        (a soup is, when the policy starts from it)."""
+        if self.update is not None:
+            return False
+        if self.models is not None:
+            return model.init_from_reference
+        return self.name_or_path is None and self.init_seed in (None, model.init_seed)
+
     @property
     def soup_weights(self) -> list[float]:
         """The members' weights, normalised to sum to 1 (uniform by default)."""

@@ -260,7 +260,7 @@ def draw(
 ) -> GroupSamples:
     """One completion per prompt for each slot (K = len(slots)). Slots with the same
     sampler are drawn together, each prompt repeated for them, in one `sample` call."""
-    batch, k = prompt_ids.size(0), len(slots)
+    k = len(slots)
     groups: dict[Sampler, list[int]] = {}
     for slot, sampler in enumerate(slots):
         groups.setdefault(sampler, []).append(slot)
@@ -289,5 +289,4 @@ def draw(
     ids, mask = stacked(0), stacked(1)
     finished = torch.stack([parts[slot][2] for slot in range(k)], 1)
     from_policy = torch.tensor([s.from_policy for s in slots], dtype=torch.bool, device=ids.device)
-    assert ids.shape[:2] == (batch, k)
     return GroupSamples(completion_ids=ids, completion_mask=mask, finished=finished, from_policy=from_policy)

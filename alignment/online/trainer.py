@@ -18,7 +18,7 @@ from torch.utils.data import Sampler as IndexSampler
 
 from alignment.config import OnlineConfig
 from alignment.data import PromptCollator
-from alignment.losses import LossOutput, PreferenceLoss, SequenceLogps
+from alignment.losses import LossOutput, PreferenceLoss
 from alignment.online.feedback import Feedback, judge_samples
 from alignment.online.judges import Judge
 from alignment.online.sampler import (
@@ -204,7 +204,7 @@ class OnlineTrainer(PreferenceTrainer):
         logps = self.batch_logps(model, batch, preferences=feedback.preferences, old_policy=old)
         output = self.loss_fn(logps)
         output.loss = guard_nonfinite(self, model, output.loss, logps)
-        output.metrics.update(self._sample_metrics(logps, samples))
+        output.metrics.update(self._sample_metrics(None if logps.reference is None else logps.logratios(), samples))
         output.metrics["online/preference"] = feedback.scores("preferences").mean().detach()
         if feedback.rewards is not None:
             output.metrics["online/reward"] = feedback.rewards.mean().detach()
@@ -218,31 +218,20 @@ class OnlineTrainer(PreferenceTrainer):
         slots = [POLICY, REFERENCE] if self.reference.live else [POLICY]
         with self._generation_model(model) as unwrapped:
             samples = self._draw(unwrapped, inputs, slots, self.eval_settings)
-        metrics = {}
+        metrics, logratios = {}, None
         if self.reference.live:
             feedback = self._judge(inputs["prompts"], samples)
             batch = self._group_batch(inputs, samples, feedback.scores("preferences"))
-            with torch.no_grad():
-                logps = SequenceLogps(
-                    policy=self._logps(model, batch),
-                    reference=self.reference.logps(model, batch, self._logps),
-                    scores=batch["scores"],
-                    mask=batch["mask"],
-                    lengths=batch["lengths"],
-                )
+            with torch.no_grad():  # the reference's log-probs even for a loss that does not read them: the KL
+                logratios = self._logps(model, batch) - self.reference.logps(model, batch, self._logps)
             metrics[self.win_rate_key] = feedback.preferences[:, 0, 1].mean()
-        else:
-            batch = self._group_batch(
-                inputs, samples, torch.zeros(samples.finished.shape, device=samples.finished.device)
-            )
-            logps = None
-        metrics.update(self._sample_metrics(logps, samples))
-        zero = batch["scores"].new_zeros(())
-        self._metrics["eval"].add(LossOutput(loss=zero, metrics=metrics), batch["mask"])
+        metrics.update(self._sample_metrics(logratios, samples))
+        mask = torch.ones(samples.finished.shape, dtype=torch.bool, device=samples.finished.device)
+        self._metrics["eval"].add(LossOutput(loss=torch.zeros((), device=mask.device), metrics=metrics), mask)
         return None, None, None
 
     @staticmethod
-    def _sample_metrics(logps: SequenceLogps | None, samples: GroupSamples) -> dict:
+    def _sample_metrics(logratios: Tensor | None, samples: GroupSamples) -> dict:
         """Length, missing-EOS rate and a one-sample KL(pi || mu) estimate (the mean
         sequence log-ratio of the completions sampled from the policy)."""
         from_policy = samples.from_policy
@@ -252,6 +241,6 @@ class OnlineTrainer(PreferenceTrainer):
             "online/completion_length": lengths[:, mine].mean(),
             "online/missing_eos": 1 - finished[:, mine].mean(),
         }
-        if logps is not None and logps.reference is not None and from_policy.any():
-            metrics["online/kl"] = logps.logratios().detach()[:, from_policy].mean()
+        if logratios is not None and from_policy.any():
+            metrics["online/kl"] = logratios.detach()[:, from_policy].mean()
         return {key: value.detach().float() for key, value in metrics.items()}

@@ -15,16 +15,6 @@ if TYPE_CHECKING:
     from alignment.config import Config
 
 
-def _is_initial(config: Config) -> bool:
-    """The reference is the policy at step 0: the same weights, and never moved."""
-    ref = config.reference
-    if ref.update is not None:
-        return False
-    if ref.models is not None:
-        return config.model.init_from_reference
-    return ref.name_or_path is None and ref.init_seed in (None, config.model.init_seed)
-
-
 def _identity(config: Config) -> dict:
     return reference_identity(config.model, config.reference, config.quantization)
 
@@ -33,9 +23,15 @@ def _frozen(config: Config) -> FrozenModel:
     ref, quantization = config.reference, config.quantization
     if ref.models is not None:
         load = lambda path: load_reference_weights(config.model, path, quantization)  # noqa: E731
-        return Soup(load_soup(load, ref.models, ref.soup_weights), _is_initial(config), _identity(config))
+        return Soup(
+            load_soup(load, ref.models, ref.soup_weights),
+            config.reference.is_initial_policy(config.model),
+            _identity(config),
+        )
     return FrozenModel(
-        load_reference_weights(config.model, None, quantization, ref), _is_initial(config), _identity(config)
+        load_reference_weights(config.model, None, quantization, ref),
+        config.reference.is_initial_policy(config.model),
+        _identity(config),
     )
 
 

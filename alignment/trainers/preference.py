@@ -134,10 +134,14 @@ class PreferenceTrainer(Trainer):
     def _keeps_unneeded_reference(reference: Reference) -> bool:
         return False
 
-    def reference_logps(self, model: nn.Module, inputs: Mapping[str, Tensor]) -> Tensor | None:
+    def reference_logps(
+        self, model: nn.Module, inputs: Mapping[str, Tensor], forward: Callable | None = None
+    ) -> Tensor | None:
+        """The reference's log-probs by `forward` (default: per completion), or None when
+        the loss does not read them."""
         if not self.loss_fn.needs_reference:
             return None
-        return self.reference.logps(model, inputs, self._logps)
+        return self.reference.logps(model, inputs, forward or self._logps)
 
     def prepare_reference(self) -> None:
         """The reference's work before step 1: for `precompute`, one pass over the train
@@ -155,30 +159,23 @@ class PreferenceTrainer(Trainer):
         return sequence_logps(model, inputs, self.args.forward, self.args.logprob_chunk_size or None, per_token=True)
 
     def batch_logps(
-        self, model: nn.Module, inputs: Mapping[str, Tensor], per_token: bool | None = None, **extra: Any
+        self, model: nn.Module, inputs: Mapping[str, Tensor], old_policy: Tensor | None = None, **extra: Any
     ) -> SequenceLogps:
         """The loss's input for a collated batch: policy (with grad) and reference
-        log-probs, per token too when the loss reads them (`needs_tokens`, unless
-        `per_token` says otherwise). `extra` adds fields (online: `preferences`, and
-        `old_policy` token log-probs)."""
-        old_policy = extra.pop("old_policy", None)
-        if not (self.loss_fn.needs_tokens if per_token is None else per_token):
-            return SequenceLogps(
-                policy=self._logps(model, inputs),
-                reference=self.reference_logps(model, inputs),
-                scores=inputs["scores"],
-                mask=inputs["mask"],
-                lengths=inputs["lengths"],
-                **extra,
-            )
-        policy = self._token_logps(model, inputs)
-        reference = self.reference.logps(model, inputs, self._token_logps) if self.loss_fn.needs_reference else None
-        tokens = TokenLogps(
-            policy=policy, reference=reference, old_policy=old_policy, mask=inputs["completion_attention_mask"].bool()
-        )
+        log-probs, per token too when the loss reads them (`needs_tokens`; `old_policy`
+        is then the sampling policy's token log-probs). `extra` adds fields (online:
+        `preferences`)."""
+        forward = self._token_logps if self.loss_fn.needs_tokens else self._logps
+        policy = forward(model, inputs)
+        reference = self.reference_logps(model, inputs, forward)
+        tokens = None
+        if self.loss_fn.needs_tokens:
+            mask = inputs["completion_attention_mask"].bool()
+            tokens = TokenLogps(policy=policy, reference=reference, old_policy=old_policy, mask=mask)
+            policy, reference = policy.sum(-1), None if reference is None else reference.sum(-1)
         return SequenceLogps(
-            policy=policy.sum(-1),
-            reference=None if reference is None else reference.sum(-1),
+            policy=policy,
+            reference=reference,
             scores=inputs["scores"],
             mask=inputs["mask"],
             lengths=inputs["lengths"],
