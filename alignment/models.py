@@ -70,13 +70,17 @@ def _without_zero3_init():
         hf_deepspeed.set_hf_deepspeed_config(ds_config)
 
 
-def _build_from_config(config_path: str, init_seed: int, cfg: ModelConfig, kwargs: dict) -> PreTrainedModel:
+def _build_from_config(
+    config_path: str, init_seed: int, cfg: ModelConfig, kwargs: dict, auto_class=AutoModelForCausalLM, head=None
+) -> PreTrainedModel:
     config = AutoConfig.from_pretrained(config_path, **kwargs)
+    for key, value in (head or {}).items():  # e.g. num_labels for a reward model's head
+        setattr(config, key, value)
     # A private RNG stream: the same seed always gives the same weights, and building
     # a model does not shift the training seed.
     with torch.random.fork_rng(devices=[]), _without_zero3_init():
         torch.manual_seed(init_seed)
-        return AutoModelForCausalLM.from_config(config, dtype=DTYPES.get(cfg.dtype, torch.float32), **kwargs)
+        return auto_class.from_config(config, dtype=DTYPES.get(cfg.dtype, torch.float32), **kwargs)
 
 
 def _build_or_load(
@@ -86,21 +90,28 @@ def _build_or_load(
     cfg: ModelConfig,
     quantization: QuantizationConfig | None = None,
     gguf_file: str | None = None,
+    auto_class=AutoModelForCausalLM,
+    head: dict | None = None,
 ) -> PreTrainedModel:
+    """`auto_class` is the transformers class to build (a causal LM; for judges a
+    sequence classifier or the bare backbone) and `head` config values it needs
+    (`num_labels`): a causal-LM checkpoint then gives the backbone, and the new head
+    starts from transformers' initialisation."""
     kwargs = {"trust_remote_code": cfg.trust_remote_code}
     if cfg.attn_implementation is not None:
         kwargs["attn_implementation"] = cfg.attn_implementation
     if config_path is not None and quantization is None:
-        return _build_from_config(config_path, init_seed, cfg, kwargs)
+        return _build_from_config(config_path, init_seed, cfg, kwargs, auto_class, head)
     if gguf_file is not None:
         model = plain_from_gguf(name_or_path, gguf_file, DTYPES.get(cfg.dtype, torch.float32), cfg.revision, **kwargs)
-        if quantization is None:
+        if quantization is None and auto_class is AutoModelForCausalLM:
             return model.train()
-        # bitsandbytes quantizes while loading, so the plain model goes through a checkpoint once.
+        # bitsandbytes quantizes while loading (and another head class loads from a checkpoint),
+        # so the plain model goes through a checkpoint once.
         with tempfile.TemporaryDirectory(prefix="alignment-gguf-") as tmp:
             model.save_pretrained(tmp)
             del model
-            return _build_or_load(tmp, None, init_seed, cfg, quantization)
+            return _build_or_load(tmp, None, init_seed, cfg, quantization, auto_class=auto_class, head=head).train()
     load_kwargs = {"revision": cfg.revision, "dtype": DTYPES.get(cfg.dtype, "auto"), **kwargs}
     if quantization is not None:
         from accelerate import PartialState
@@ -114,13 +125,13 @@ def _build_or_load(
         # bitsandbytes quantizes while loading a checkpoint, so a model built from a config
         # is written out once and loaded back through the same path as a real checkpoint.
         with tempfile.TemporaryDirectory(prefix="alignment-built-") as tmp:
-            _build_from_config(config_path, init_seed, cfg, kwargs).save_pretrained(tmp)
-            return AutoModelForCausalLM.from_pretrained(tmp, **load_kwargs)
+            _build_from_config(config_path, init_seed, cfg, kwargs, auto_class, head).save_pretrained(tmp)
+            return auto_class.from_pretrained(tmp, **load_kwargs)
     if not cfg.allow_unsafe_weights:
         # Pickle-based weights (.bin, .pt) can run code when loaded: safetensors only, unless the recipe allows them.
         load_kwargs["use_safetensors"] = True
     try:
-        return AutoModelForCausalLM.from_pretrained(name_or_path, **load_kwargs)
+        return auto_class.from_pretrained(name_or_path, **load_kwargs, **(head or {}))
     except OSError as err:
         if cfg.allow_unsafe_weights or "safetensors" not in str(err):
             raise
@@ -130,11 +141,11 @@ def _build_or_load(
         ) from None
 
 
-def peft_lora_config(cfg: LoraConfig):
+def peft_lora_config(cfg: LoraConfig, task_type: str = "CAUSAL_LM"):
     import peft
 
     return peft.LoraConfig(
-        task_type="CAUSAL_LM",
+        task_type=task_type,
         r=cfg.r,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
@@ -152,8 +163,10 @@ def add_lora(
     quantized: bool,
     gradient_checkpointing: bool = False,
     gradient_checkpointing_kwargs: dict | None = None,
+    task_type: str = "CAUSAL_LM",
 ):
-    """Wrap `model` in PEFT LoRA adapters; only the adapters (and `modules_to_save`) train."""
+    """Wrap `model` in PEFT LoRA adapters; only the adapters (and `modules_to_save`) train.
+    `task_type` "SEQ_CLS" (a reward model) also trains the classification head."""
     import peft
 
     if quantized:
@@ -168,7 +181,7 @@ def add_lora(
         # Checkpointed blocks only backpropagate when their input requires grad, and the
         # frozen embeddings' output does not.
         model.enable_input_require_grads()
-    model = peft.get_peft_model(model, peft_lora_config(lora))
+    model = peft.get_peft_model(model, peft_lora_config(lora, task_type))
     trainable, total = model.get_nb_trainable_parameters()
     logger.info("LoRA: %d of %d parameters train (%.2f%%)", trainable, total, 100 * trainable / max(total, 1))
     return model
@@ -192,6 +205,54 @@ def load_policy(
     model.config.use_cache = False  # the KV cache is useless in training and costs memory
     if lora is not None:
         model = add_lora(model, lora, quantization is not None, gradient_checkpointing, gradient_checkpointing_kwargs)
+    return model
+
+
+def load_reward_model(
+    cfg: ModelConfig,
+    pad_token_id: int,
+    lora: LoraConfig | None = None,
+    quantization: QuantizationConfig | None = None,
+    gradient_checkpointing: bool = False,
+    gradient_checkpointing_kwargs: dict | None = None,
+) -> PreTrainedModel:
+    """A scalar reward model: `AutoModelForSequenceClassification` with one output, the
+    reward read at the last token that is not `pad_token_id`. From a causal-LM
+    checkpoint (or GGUF file, or config) it is that LM's backbone with a new linear head
+    on its final hidden state (a value head); from a reward-model checkpoint it continues."""
+    from transformers import AutoModelForSequenceClassification
+
+    if cfg.trust_remote_code:
+        logger.warning("model.trust_remote_code is true: code shipped with %s will run", cfg.name_or_path)
+    head = {"num_labels": 1, "pad_token_id": pad_token_id}
+    model = _build_or_load(
+        cfg.name_or_path,
+        cfg.config,
+        cfg.init_seed,
+        cfg,
+        quantization,
+        cfg.gguf_file,
+        auto_class=AutoModelForSequenceClassification,
+        head=head,
+    )
+    # The head reads the last non-pad token: it must agree with the tokenizer's padding.
+    model.config.pad_token_id = pad_token_id
+    model.config.get_text_config().pad_token_id = pad_token_id
+    model.config.use_cache = False
+    if lora is not None:
+        model = add_lora(
+            model, lora, quantization is not None, gradient_checkpointing, gradient_checkpointing_kwargs, "SEQ_CLS"
+        )
+    return model
+
+
+def load_backbone(cfg: ModelConfig) -> PreTrainedModel:
+    """The transformer without any head (`AutoModel`): a causal-LM checkpoint's body, for
+    models that put their own heads on its hidden states (VPL)."""
+    from transformers import AutoModel
+
+    model = _build_or_load(cfg.name_or_path, cfg.config, cfg.init_seed, cfg, None, cfg.gguf_file, auto_class=AutoModel)
+    model.config.use_cache = False
     return model
 
 

@@ -24,6 +24,7 @@ from alignment.online.judges import build_judge
 from alignment.online.sampler import eos_ids
 from alignment.online.trainer import OnlineTrainer
 from alignment.reference.loading import build_reference
+from alignment.rewards.trainer import build_reward_trainer
 from alignment.tools.model_card import render_model_card
 from alignment.trainers import PreferenceTrainer
 from alignment.trainers.checkpoints import resolve_resume
@@ -123,6 +124,8 @@ def build_trainer(config: Config, training_args):
     """Tokenizer, data, judge, policy, reference and the trainer that holds them."""
     tokenizer = load_tokenizer(config.model)
     loss_fn = config.loss_fn
+    if loss_fn.model_head != "policy":  # the recipe trains a judge: a reward, preference or VPL model
+        return build_reward_trainer(config, training_args, tokenizer)
     with training_args.main_process_first(desc="preprocessing the data"):
         if config.online is None:
             data = build_datasets(config.data, tokenizer, require_order=True)  # logs its report

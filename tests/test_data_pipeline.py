@@ -137,7 +137,9 @@ def test_truncation_ids_and_report(tmp_path, tok):
     report = data.report
     assert (report.prompts_truncated, report.completions_truncated, report.tokens_dropped) == (1, 1, 2 + 3)
     assert "1 prompts and 1 completions truncated, 5 tokens dropped" in report.summary()
-    assert set(data.train.column_names) == {"prompt_input_ids", "completion_input_ids", "scores"}
+    # margin and user_id: the reward-model fields (0.0 and "" when the data has none)
+    assert set(data.train.column_names) == {"prompt_input_ids", "completion_input_ids", "scores", "margin", "user_id"}
+    assert data.train["margin"] == [0.0, 0.0] and data.train["user_id"] == ["", ""]
 
 
 # ----------------------------------------------------------------------------- mixing and splits

@@ -266,7 +266,10 @@ def test_a_few_dpo_steps_lower_the_loss_on_held_out_pairs(smollm2, tokenizer, tm
     _, (before, after) = _train(
         smollm2, tokenizer, tmp_path, steps=6, rows=arithmetic(24, 0), eval_rows=arithmetic(8, 1)
     )
-    assert before == float32_approx(0.6931471805599453, ulps=1)
+    # ln 2 up to rounding: the policy and the frozen copy are separate models whose forwards may
+    # round differently with more than one thread (test_precomputed_reference_gives_exact_ties_at_step_1
+    # checks the exact tie on one thread); 0.6931479 was seen here, 1e-6 from ln 2.
+    assert before == pytest.approx(0.6931471805599453, abs=1e-5)
     assert after < before / 2, (before, after)  # from ln 2 to well below it
 
 

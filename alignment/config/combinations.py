@@ -120,16 +120,39 @@ def check_evaluation(
     made after the rows are checked, so its prompts could not be matched exactly."""
     if evaluation is None:
         return
-    if online is not None and evaluation.judge is not None and reference_is_initial:
+    if (
+        online is not None
+        and evaluation.judge is not None
+        and reference_is_initial
+        and evaluation.judge == online.judge
+    ):
         raise ConfigError(
             "evaluation.judge: an online recipe already reports eval_win_rate_vs_initial, judged by online.judge; "
-            "keep `evaluation.score` here (evaluation.judge is for offline recipes, and for online ones whose "
-            "reference is not the initial policy)"
+            "keep `evaluation.score` here, or give evaluation.judge another judge (e.g. a rule that checks a "
+            "trained reward model's judgement; the online judge's sampled win rate is then "
+            "eval_online_judge_win_rate_vs_initial)"
         )
     if not data.test:
         raise ConfigError(
             "evaluation: generates on the held-out prompts of data.test, which is empty; "
             "add data.test sources (data.test_size splits are not used for it)"
+        )
+
+
+def check_model_head(loss: PreferenceLoss, online: OnlineConfig | None, evaluation: EvaluationConfig | None) -> None:
+    """A loss that trains a judge (a reward, preference or VPL model) learns offline from
+    preference data and is evaluated by its held-out pair accuracy."""
+    if loss.model_head == "policy":
+        return
+    if online is not None:
+        raise ConfigError(
+            f"online: loss {loss.name} trains a {loss.model_head} model on preference data, offline; remove `online:` "
+            "(the trained model is then an online judge: online.judge.name_or_path)"
+        )
+    if evaluation is not None:
+        raise ConfigError(
+            f"evaluation: generates with a policy, but loss {loss.name} trains a {loss.model_head} model (it reports "
+            "eval_reward_accuracy, the held-out pair accuracy); remove `evaluation:`"
         )
 
 

@@ -11,7 +11,13 @@ from typing import Any
 
 import yaml
 
-from alignment.config.combinations import check_evaluation, check_online, check_quantization, resolve_reference
+from alignment.config.combinations import (
+    check_evaluation,
+    check_model_head,
+    check_online,
+    check_quantization,
+    resolve_reference,
+)
 from alignment.config.online import EvaluationConfig, OnlineConfig
 from alignment.config.overrides import apply_overrides
 from alignment.config.schema import SECTIONS, ConfigError, DuplicateKeyError, _build, _coerce, read_yaml
@@ -129,6 +135,7 @@ def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None
     online = None if raw.get("online") is None else _build(OnlineConfig, raw["online"], "online")
     evaluation = None if raw.get("evaluation") is None else _build(EvaluationConfig, raw["evaluation"], "evaluation")
     training = _validate_training(raw.get("training") or {})
+    check_model_head(loss_fn, online, evaluation)
     resolve_reference(reference, loss_fn, lora, model)
     check_online(online, loss_fn, reference)
     # An online run whose reference moves or is another model reports its win rate against that reference.

@@ -6,12 +6,13 @@ preferences from the judge."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Literal
 
 from alignment.config.schema import ConfigError
 
-JUDGE_TYPES = ("callable", "reward_function", "reward_model", "pairwise")
+JUDGE_TYPES = ("callable", "reward_function", "reward_model", "pairwise", "vpl")
 
 
 @dataclass
@@ -31,12 +32,18 @@ class JudgeConfig:
       the prompt and both completions (rendered with `pairwise_template`) and outputs
       the logit of P(y0 > y1); it is asked in both orders and the answers averaged,
       P = (f(y0, y1) + 1 - f(y1, y0)) / 2, so position bias cancels.
+    - `vpl`: `name_or_path` of a VPL reward model trained here (loss `vpl`) and
+      `user_context`, a JSON/JSONL file of one user's labelled pairs: the reward is
+      r(x, y, z) with z the posterior mean given those pairs.
+
+    A reward or pairwise model trained here (its directory holds `alignment_judge.json`)
+    is given exactly the token sequences it was trained on.
 
     `device` is where the judge runs ("auto": the training process's device)."""
 
     SCALAR_KEY = "function"
 
-    type: Literal["callable", "reward_function", "reward_model", "pairwise"] = "callable"
+    type: Literal["callable", "reward_function", "reward_model", "pairwise", "vpl"] = "callable"
     function: str | None = None
     name_or_path: str | None = None
     revision: str | None = None
@@ -46,6 +53,7 @@ class JudgeConfig:
     max_length: int = 1024
     trust_remote_code: bool = False
     pairwise_template: str = "{prompt}\n\nResponse A:\n{completion_a}\n\nResponse B:\n{completion_b}"
+    user_context: str | None = None
 
     def __post_init__(self) -> None:
         if self.type in ("callable", "reward_function"):
@@ -61,6 +69,14 @@ class JudgeConfig:
                 raise ConfigError(f"online.judge.name_or_path is required for a {self.type} judge")
             if self.function is not None:
                 raise ConfigError("online.judge.function applies to callable judges only")
+        if self.type == "vpl":
+            if not self.user_context or not os.path.isfile(os.path.expanduser(self.user_context)):
+                raise ConfigError(
+                    "online.judge.user_context: a vpl judge needs a JSON/JSONL file of the user's labelled pairs, "
+                    f"got {self.user_context!r}"
+                )
+        elif self.user_context is not None:
+            raise ConfigError("online.judge.user_context applies to vpl judges only")
         if self.batch_size < 1:
             raise ConfigError(f"online.judge.batch_size must be >= 1, got {self.batch_size}")
         if self.max_length < 2:

@@ -30,6 +30,8 @@ COLUMN_NAMES = (
     "conversations",
     "system",
     "tools",
+    "margin",
+    "user_id",
 )
 
 

@@ -111,6 +111,7 @@ def adapt_row(
         if system:
             example = _with_system(example, system)
         _check(example, names, require_order)
+        _reward_model_fields(example, row)
     except RowProblem as problem:
         raise BadRowError(source, index, problem.reason, problem.detail) from None
     return example
@@ -130,6 +131,20 @@ def adapt_prompt(row: Mapping[str, Any], layout: str, source: str, index: int, s
     except RowProblem as problem:
         raise BadRowError(source, index, problem.reason, problem.detail) from None
     return prompt
+
+
+def _reward_model_fields(example: PreferenceExample, row: Mapping[str, Any]) -> None:
+    """The optional columns of reward-model data, in any layout: `margin` (a number)
+    and `user_id` (who labelled the row: a string or an integer)."""
+    if row.get("margin") is not None:
+        example.margin = number(row["margin"], "margin")
+    user = row.get("user_id")
+    if user is not None:
+        if isinstance(user, bool) or not isinstance(user, (str, int)) or str(user) == "":
+            raise RowProblem(
+                WRONG_TYPE, f"column 'user_id' should be a non-empty string or an integer, got {kind(user)}"
+            )
+        example.user_id = str(user)
 
 
 # ----------------------------------------------------------------------------- layouts

@@ -22,6 +22,8 @@ KNOWN_KEYS = frozenset(
         "prompt_truncated",
         "completions_truncated",
         "tokens_dropped",
+        "margin",
+        "user_id",
     }
 )
 
@@ -32,6 +34,7 @@ class PreferenceCollator:
     - `prompt_input_ids`, `prompt_attention_mask`: [B, P], right-padded
     - `completion_input_ids`, `completion_attention_mask`: [B, K, C], right-padded
     - `scores` [B, K] float32, `mask` [B, K] bool (real items), `lengths` [B, K] long
+    - `margins` [B] float32, the reward-model margin of each row, when the rows have one
     - any other row key holding K numbers (e.g. `reference_logps`): [B, K] float32
     """
 
@@ -70,6 +73,8 @@ class PreferenceCollator:
             "mask": mask,
             "lengths": lengths,
         }
+        if "margin" in rows[0]:
+            batch["margins"] = torch.tensor([float(row["margin"]) for row in rows], dtype=torch.float32)
         for key in _extra_keys(rows[0], ks[0]):
             batch[key] = _per_item(rows, key, ks, k_max)
         return batch

@@ -15,12 +15,15 @@ class PreferenceExample:
 
     `prompt` is a string or a list of chat messages; each completion is a string or a
     list of (assistant) messages. Pairwise data is K = 2 with scores [1, 0]. `tools`,
-    when given, is passed to the chat template with every rendering of the row."""
+    when given, is passed to the chat template with every rendering of the row.
+    `margin` and `user_id` are read by reward-model training only."""
 
     prompt: Text
     completions: list[Text]
     scores: list[float]
     tools: list[dict] | None = None  # function definitions for the chat template (ShareGPT's `tools`)
+    margin: float = 0.0  # a reward-model margin (the optional `margin` column): r_w - r_l should exceed it
+    user_id: str = ""  # who labelled the row (the optional `user_id` column), for VPL's per-user contexts
 
 
 class DataError(ValueError):

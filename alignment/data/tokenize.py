@@ -32,6 +32,8 @@ TOKENIZED_FEATURES = datasets.Features(
         "prompt_truncated": datasets.Value("bool"),
         "completions_truncated": datasets.Value("int32"),
         "tokens_dropped": datasets.Value("int64"),
+        "margin": datasets.Value("float64"),
+        "user_id": datasets.Value("string"),
         "_index": datasets.Value("int64"),
         "_bad_reason": datasets.Value("string"),
         "_bad_detail": datasets.Value("string"),
@@ -64,12 +66,18 @@ def tokenize_example(
     """Token ids of one example plus its truncation stats.
 
     Returns `prompt_input_ids`, `completion_input_ids` (one list per completion),
-    `scores`, `prompt_truncated`, `completions_truncated` and `tokens_dropped`.
+    `scores`, `prompt_truncated`, `completions_truncated`, `tokens_dropped`, and the
+    reward-model fields `margin` and `user_id`.
     Raises BadRowError("prompt_fills_max_length") when the prompt leaves no room for a
     completion, and DataError when conversational data has no chat template."""
     if isinstance(example, Mapping):
         example = PreferenceExample(
-            example["prompt"], list(example["completions"]), list(example["scores"]), example.get("tools")
+            example["prompt"],
+            list(example["completions"]),
+            list(example["scores"]),
+            example.get("tools"),
+            example.get("margin", 0.0),
+            example.get("user_id", ""),
         )
     if isinstance(example.prompt, str):
         prompt_ids, completion_ids = _tokenize_text(example, tokenizer)
@@ -104,6 +112,8 @@ def tokenize_example(
         "prompt_truncated": prompt_truncated,
         "completions_truncated": completions_truncated,
         "tokens_dropped": dropped,
+        "margin": float(example.margin),
+        "user_id": example.user_id,
     }
 
 

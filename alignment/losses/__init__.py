@@ -3,7 +3,15 @@
 Importing this package registers every built-in loss (the modules below register
 themselves with `@register_loss` on import)."""
 
-from alignment.losses import copg, listwise, online, pairwise, policy_gradient, self_play  # noqa: F401  (registration)
+from alignment.losses import (  # noqa: F401  (registration)
+    copg,
+    listwise,
+    online,
+    pairwise,
+    policy_gradient,
+    reward_model,
+    self_play,
+)
 from alignment.losses.base import (
     LossOutput,
     LossParameterError,

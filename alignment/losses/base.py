@@ -28,6 +28,19 @@ class TokenLogps:
 
 
 @dataclass
+class LatentPosterior:
+    """A VPL encoder's q(z | user's context pairs) = N(mean, exp(log_var)) per list, [B, D],
+    the optimizer step it was computed at (for the KL weight's annealing), the z drawn
+    from it and the lists' user indices [B] (for the contrastive term)."""
+
+    mean: Tensor
+    log_var: Tensor
+    step: int = 0
+    z: Tensor | None = None
+    users: Tensor | None = None
+
+
+@dataclass
 class SequenceLogps:
     """Per-completion log-probs of a batch of B prompts with K completions each.
 
@@ -38,6 +51,13 @@ class SequenceLogps:
 
     Online, `preferences` [B, K, K] holds the judge's P(y_i > y_j) (P_ji = 1 - P_ij,
     diagonal 1/2), and `tokens` the per-token log-probs when the loss asks for them.
+
+    For reward-model losses (`model_head` other than "policy") `policy` holds the
+    model's score of each completion instead of a log-prob: the reward r(x, y_k)
+    (`reward`, `vpl`), or for a pairwise preference model (`preference`) the item's mean
+    log-odds of beating the others; `pair_logits` [B, K, K] then holds the preference
+    model's logit of P(y_i > y_j) read in that order. `margins` [B] is the data's
+    per-row reward margin (0 when the data has none) and `latent` a VPL posterior.
     """
 
     policy: Tensor
@@ -47,6 +67,9 @@ class SequenceLogps:
     lengths: Tensor
     preferences: Tensor | None = None
     tokens: TokenLogps | None = None
+    margins: Tensor | None = None
+    pair_logits: Tensor | None = None
+    latent: LatentPosterior | None = None
 
     def logratios(self) -> Tensor:
         """policy - reference (policy alone when there is no reference)."""
@@ -69,6 +92,10 @@ class SequenceLogps:
         if self.preferences is not None:
             real = mask[:, :, None] & mask[:, None, :]
             preferences = torch.where(real, self.preferences, torch.full_like(self.preferences, 0.5))
+        pair_logits = None
+        if self.pair_logits is not None:
+            real = mask[:, :, None] & mask[:, None, :]
+            pair_logits = torch.where(real, self.pair_logits, torch.zeros_like(self.pair_logits))
         tokens = None
         if self.tokens is not None:
             token_mask = self.tokens.mask.bool() & mask[:, :, None]
@@ -90,6 +117,9 @@ class SequenceLogps:
             lengths=clean(self.lengths, 1).clamp(min=1),
             preferences=preferences,
             tokens=tokens,
+            margins=self.margins,
+            pair_logits=pair_logits,
+            latent=self.latent,
         )
 
 
@@ -136,6 +166,11 @@ class PreferenceLoss:
     per-token log-probs, and `reuses_samples` marks a loss with an importance-ratio
     surrogate that may train several updates on one batch of samples.
 
+    `model_head` says which model the loss trains: "policy" (a causal LM; `policy` is
+    log-probs), or a judge for online training: "reward" (a scalar reward model),
+    "preference" (a pairwise preference model) or "vpl" (a reward conditioned on a
+    user's latent, Poddar et al. 2024). `alignment.rewards.heads` holds their forwards.
+
     A flag that depends on a parameter (e.g. no reference when a KL weight is 0) is a
     property of the instance; the config and trainers read every flag from instances."""
 
@@ -149,6 +184,7 @@ class PreferenceLoss:
     num_samples: ClassVar[int | None] = None
     needs_tokens: ClassVar[bool] = False
     reuses_samples: ClassVar[bool] = False
+    model_head: ClassVar[str] = "policy"
 
     @property
     def reward_scale(self) -> float:

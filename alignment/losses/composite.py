@@ -43,6 +43,12 @@ class CompositeLoss(PreferenceLoss):
                 f"the loss terms require different numbers of samples per prompt: {sorted(samples)}"
             )
         self.num_samples = samples.pop() if samples else None
+        heads = {loss.model_head for _, loss in self.terms}
+        if len(heads) > 1:
+            raise LossParameterError(
+                f"the loss terms train different models ({', '.join(sorted(heads))}); a recipe trains one model"
+            )
+        self.model_head = heads.pop()
         self.name = " + ".join(f"{weight:g} * {loss.name}" for weight, loss in self.terms)
         self._keys: list[str] = []
         for i, (_, loss) in enumerate(self.terms):

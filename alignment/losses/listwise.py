@@ -112,26 +112,29 @@ class ListMLELoss(PreferenceLoss):
 
     def __call__(self, logps: SequenceLogps) -> LossOutput:
         logps = logps.masked()
-        mask = logps.mask
-        s = self.beta * logps.logratios()
-        b, k = s.shape
-
-        # Stable descending sort keeps position order on ties; padding sorts last.
-        key = torch.where(mask, logps.scores.to(torch.promote_types(logps.scores.dtype, torch.float32)), float("-inf"))
-        order = torch.sort(key, dim=-1, descending=True, stable=True).indices
-        s_sorted, real = s.gather(-1, order), mask.gather(-1, order)
-
-        pos = torch.arange(k, device=s.device)
-        tail = pos[None, :] >= pos[:, None]  # [k, j]: j at or after k
-        # The diagonal is always kept so a padded row still has one finite entry:
-        # an all -inf logsumexp would send NaN into the backward pass.
-        keep = tail & (real[:, None, :] | (pos[None, :] == pos[:, None]))
-        tails = torch.where(keep, s_sorted[:, None, :].expand(b, k, k), float("-inf"))
-        terms = torch.where(real, s_sorted - torch.logsumexp(tails, dim=-1), 0.0)
-
-        lists = mask.sum(-1) >= 2
-        per_list = torch.where(lists, -terms.sum(-1), 0.0)
-        loss = per_list.sum() / lists.sum().clamp(min=1).to(s.dtype)
-
+        per_list, lists = plackett_luce_nll(self.beta * logps.logratios(), logps.scores, logps.mask)
+        loss = per_list.sum() / lists.sum().clamp(min=1).to(per_list.dtype)
         metrics, counts = reward_metrics(logps, self.reward_scale)
         return LossOutput(loss=loss, metrics=metrics, counts=counts)
+
+
+def plackett_luce_nll(s: Tensor, scores: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-list Plackett-Luce negative log-likelihood of the labelled order of the real
+    items, -sum_k [s_(k) - logsumexp_{j >= k} s_(j)] (best first, ties by position), and
+    which lists count (>= 2 real items). Inputs are masked (padding holds finite values)."""
+    b, k = s.shape
+    # Stable descending sort keeps position order on ties; padding sorts last.
+    key = torch.where(mask, scores.to(torch.promote_types(scores.dtype, torch.float32)), float("-inf"))
+    order = torch.sort(key, dim=-1, descending=True, stable=True).indices
+    s_sorted, real = s.gather(-1, order), mask.gather(-1, order)
+
+    pos = torch.arange(k, device=s.device)
+    tail = pos[None, :] >= pos[:, None]  # [k, j]: j at or after k
+    # The diagonal is always kept so a padded row still has one finite entry:
+    # an all -inf logsumexp would send NaN into the backward pass.
+    keep = tail & (real[:, None, :] | (pos[None, :] == pos[:, None]))
+    tails = torch.where(keep, s_sorted[:, None, :].expand(b, k, k), float("-inf"))
+    terms = torch.where(real, s_sorted - torch.logsumexp(tails, dim=-1), 0.0)
+
+    lists = mask.sum(-1) >= 2
+    return torch.where(lists, -terms.sum(-1), 0.0), lists

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,7 +22,11 @@ from torch import Tensor
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
 from alignment.config.online import JudgeConfig
+from alignment.data.example import PreferenceExample
+from alignment.data.tokenize import tokenize_example
 from alignment.models import DTYPES
+from alignment.rewards.judge_file import read_judge_file
+from alignment.rewards.pair_inputs import pair_ids, template_segments
 
 logger = logging.getLogger(__name__)
 
@@ -203,6 +208,8 @@ class _ClassifierJudge(Judge):
         model.config.pad_token_id = self.tokenizer.pad_token_id
         model.config.get_text_config().pad_token_id = self.tokenizer.pad_token_id  # where the head looks
         self.model: PreTrainedModel = model.to(self.device).eval().requires_grad_(False)
+        # A model trained here scores the token sequences it was trained on (`alignment_judge.json`).
+        self.trained_here = read_judge_file(name_or_path) if os.path.isdir(name_or_path) else None
 
     def _encode(self, text: str, templated: bool) -> list[int]:
         # Text from a chat template already holds its special tokens (BOS); don't add them twice.
@@ -211,24 +218,39 @@ class _ClassifierJudge(Judge):
             "input_ids"
         ]
 
-    @torch.no_grad()
     def _logits(self, texts: list[tuple[str, bool]]) -> Tensor:
         """float32 logits [N, num_labels] on CPU for (text, templated) pairs, in batches."""
+        return self._logits_of_ids([self._encode(t, templated) for t, templated in texts])
+
+    @torch.no_grad()
+    def _logits_of_ids(self, encoded: list[list[int]]) -> Tensor:
+        """float32 logits [N, num_labels] on CPU for token id sequences, in batches."""
         pad = self.tokenizer.pad_token_id
         out = []
-        for start in range(0, len(texts), self.batch_size):
-            encoded = [self._encode(t, templated) for t, templated in texts[start : start + self.batch_size]]
-            width = max(len(ids) for ids in encoded)
+        for start in range(0, len(encoded), self.batch_size):
+            chunk = encoded[start : start + self.batch_size]
+            width = max(len(ids) for ids in chunk)
             # Right padding: under causal attention the real tokens never see the pads, and their
             # positions stay 0..n-1, so a padded text scores as it would alone.
-            input_ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-            attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
-            for row, ids in enumerate(encoded):
+            input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, ids in enumerate(chunk):
                 input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
                 attention_mask[row, : len(ids)] = 1
             logits = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device))
             out.append(logits.logits.float().cpu())
         return torch.cat(out)
+
+    def _trained_ids(self, prompt: Prompt, completions: list[str]) -> tuple[list[int], list[list[int]]]:
+        """The prompt's and completions' ids exactly as training tokenized them (for a
+        model trained here: `alignment_judge.json`), the prompt cut to leave room."""
+        if not isinstance(prompt, str) and not getattr(self.tokenizer, "chat_template", None):
+            prompt = messages_to_text(prompt)
+        example = PreferenceExample(prompt, completions, [0.0] * len(completions))
+        tokens = tokenize_example(
+            example, self.tokenizer, max_length=self.max_length, max_prompt_length=self.max_length // 2
+        )
+        return tokens["prompt_input_ids"], tokens["completion_input_ids"]
 
 
 class RewardModelJudge(_ClassifierJudge, RewardJudge):
@@ -248,7 +270,14 @@ class RewardModelJudge(_ClassifierJudge, RewardJudge):
 
     def _rewards(self, prompts: list[Prompt], completions: list[str]) -> Tensor:
         """float32 rewards [N] on CPU, one per (prompt, completion)."""
-        return self._logits([self._text(p, c) for p, c in zip(prompts, completions, strict=True)])[:, 0]
+        pairs = list(zip(prompts, completions, strict=True))
+        if self.trained_here is not None:
+            encoded = []
+            for prompt, completion in pairs:
+                prompt_ids, (completion_ids,) = self._trained_ids(prompt, [completion])
+                encoded.append(prompt_ids + completion_ids)
+            return self._logits_of_ids(encoded)[:, 0]
+        return self._logits([self._text(p, c) for p, c in pairs])[:, 0]
 
 
 class PairwiseJudge(_ClassifierJudge):
@@ -275,6 +304,9 @@ class PairwiseJudge(_ClassifierJudge):
             ) from e
         self.template = template
         super().__init__(name_or_path, *args, **kwargs)
+        if self.trained_here is not None:  # its own layout, from token pieces (`alignment.rewards.pair_inputs`)
+            self.template = self.trained_here.get("pair_template", template)
+            self.segments = template_segments(self.template, self.tokenizer)
 
     def _text(self, prompt: Prompt, a: str, b: str) -> str:
         prompt_text = prompt if isinstance(prompt, str) else messages_to_text(prompt)
@@ -282,8 +314,15 @@ class PairwiseJudge(_ClassifierJudge):
 
     def preferences(self, prompts: Sequence[Prompt], a: Sequence[str], b: Sequence[str]) -> Tensor:
         """f(a, b) [N]: the model's P(a > b) in one order only, float32 on CPU."""
-        texts = [(self._text(p, x, y), False) for p, x, y in zip(prompts, a, b, strict=True)]
-        logits = self._logits(texts)
+        if self.trained_here is not None:
+            encoded = []
+            for p, x, y in zip(prompts, a, b, strict=True):
+                prompt_ids, (x_ids, y_ids) = self._trained_ids(p, [x, y])
+                encoded.append(pair_ids(prompt_ids, x_ids, y_ids, self.segments))
+            logits = self._logits_of_ids(encoded)
+        else:
+            texts = [(self._text(p, x, y), False) for p, x, y in zip(prompts, a, b, strict=True)]
+            logits = self._logits(texts)
         return torch.sigmoid(logits[:, 0]) if logits.shape[1] == 1 else logits.softmax(-1)[:, 0]
 
     def _probabilities(self, prompts: list[Prompt], completions: list[tuple[str, str]]) -> Tensor:
@@ -294,6 +333,81 @@ class PairwiseJudge(_ClassifierJudge):
         # 0.5 + d/2 with d antisymmetric in (y0, y1): swapping the pair gives 1 - P up to rounding,
         # and the clamp keeps that rounding from leaving [0, 1].
         return (0.5 + (forward - backward) / 2).clamp(0.0, 1.0)
+
+
+class VPLJudge(RewardJudge):
+    """A VPL reward model (`alignment.rewards.vpl`) for one user: z is the posterior mean
+    given that user's labelled pairs (`user_context`, a JSON/JSONL file of pairwise rows),
+    and the reward is r(x, y, z). Inputs are tokenized as in training."""
+
+    def __init__(
+        self,
+        name_or_path: str,
+        user_context: str,
+        device: torch.device | str = "cpu",
+        batch_size: int = 16,
+        max_length: int = 1024,
+        **_: Any,
+    ):
+        from alignment.rewards.vpl import VPL_CONFIG, VPLRewardModel
+
+        self.name = f"vpl judge {name_or_path} (user context {user_context})"
+        if not os.path.isfile(os.path.join(name_or_path, VPL_CONFIG)):
+            raise JudgeError(f"{self.name}: {name_or_path!r} holds no VPL model ({VPL_CONFIG} is missing)")
+        self.device, self.batch_size, self.max_length = torch.device(device), batch_size, max_length
+        self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        self.model = VPLRewardModel.from_pretrained(name_or_path).to(self.device).requires_grad_(False)
+        chosen, rejected = self._context_pairs(user_context)
+        with torch.no_grad():
+            e_chosen, e_rejected = self._embed(chosen), self._embed(rejected)
+            mask = torch.ones((1, len(chosen)), dtype=torch.bool, device=self.device)
+            mean, _ = self.model.posterior(e_chosen[None], e_rejected[None], mask)
+        self.z = mean[0]
+
+    def _context_pairs(self, path: str) -> tuple[list[list[int]], list[list[int]]]:
+        import datasets
+
+        from alignment.data.adapters import adapt_row, detect_layout
+
+        if not os.path.isfile(path):
+            raise JudgeError(f"{self.name}: the user context file {path!r} does not exist")
+        rows = datasets.load_dataset("json", data_files=path, split="train")
+        if len(rows) == 0:
+            raise JudgeError(f"{self.name}: the user context file {path!r} has no pairs")
+        layout = detect_layout(rows.column_names, rows[0])
+        chosen, rejected = [], []
+        for i, row in enumerate(rows):
+            example = adapt_row(row, layout, path, i)
+            best, worst = max(range(2), key=lambda k: example.scores[k]), min(range(2), key=lambda k: example.scores[k])
+            prompt_ids, ids = self._trained_ids(example.prompt, [example.completions[best], example.completions[worst]])
+            chosen.append(prompt_ids + ids[0])
+            rejected.append(prompt_ids + ids[1])
+        return chosen, rejected
+
+    _trained_ids = _ClassifierJudge._trained_ids
+
+    @torch.no_grad()
+    def _embed(self, encoded: list[list[int]]) -> Tensor:
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        out = []
+        for start in range(0, len(encoded), self.batch_size):
+            chunk = encoded[start : start + self.batch_size]
+            width = max(len(ids) for ids in chunk)
+            input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, ids in enumerate(chunk):
+                input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+                attention_mask[row, : len(ids)] = 1
+            out.append(self.model.embed(input_ids.to(self.device), attention_mask.to(self.device)))
+        return torch.cat(out)
+
+    def _rewards(self, prompts: list[Prompt], completions: list[str]) -> Tensor:
+        encoded = []
+        for prompt, completion in zip(prompts, completions, strict=True):
+            prompt_ids, (ids,) = self._trained_ids(prompt, [completion])
+            encoded.append(prompt_ids + ids)
+        with torch.no_grad():
+            return self.model.reward(self._embed(encoded), self.z).float().cpu()
 
 
 def _model_kwargs(cfg: JudgeConfig, device: torch.device) -> dict[str, Any]:
@@ -308,6 +422,7 @@ _BUILDERS: dict[str, Callable[[JudgeConfig, torch.device], Judge]] = {
     "pairwise": lambda cfg, device: PairwiseJudge(
         cfg.name_or_path, template=cfg.pairwise_template, **_model_kwargs(cfg, device)
     ),
+    "vpl": lambda cfg, device: VPLJudge(cfg.name_or_path, cfg.user_context, **_model_kwargs(cfg, device)),
 }
 
 

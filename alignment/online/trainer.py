@@ -113,7 +113,7 @@ class OnlineTrainer(PreferenceTrainer):
         self.eval_settings = GenerationSettings(
             **{**vars(self.settings), "max_new_tokens": online.eval_max_new_tokens or online.max_new_tokens}
         )
-        self.win_rate_key = "win_rate_vs_initial" if self.reference.is_initial else "win_rate_vs_reference"
+        self._win_rate_key = "win_rate_vs_initial" if self.reference.is_initial else "win_rate_vs_reference"
         self._reused: dict[int, tuple[dict[str, Tensor], GroupSamples, Feedback, Tensor | None]] = {}
         self._reuse_step, self._micro_step = -1, 0
 
@@ -210,6 +210,14 @@ class OnlineTrainer(PreferenceTrainer):
             output.metrics["online/reward"] = feedback.rewards.mean().detach()
         self._metrics["train"].add(output, batch["mask"])
         return (output.loss, output) if return_outputs else output.loss
+
+    @property
+    def win_rate_key(self) -> str:
+        """The sampled win rate's name; with an `evaluation.judge` of its own, which then
+        reports `win_rate_vs_initial`, the online judge's is `online_judge_win_rate_vs_...`."""
+        if self.generation_eval is not None and self.generation_eval.judge is not None:
+            return f"online_judge_{self._win_rate_key}"
+        return self._win_rate_key
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Win rate of the policy's samples against the reference's on a test batch (with

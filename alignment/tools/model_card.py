@@ -20,15 +20,34 @@ def _datasets(config: Config) -> list[str]:
     return [f"{s.path}" + (f" ({s.split})" if s.split != "train" else "") for s in config.data.train]
 
 
+JUDGE_KINDS = {
+    "reward": ("a scalar reward model r(x, y)", "reward_model", "text-classification"),
+    "preference": ("a pairwise preference model P(y > y' | x)", "pairwise", "text-classification"),
+    "vpl": ("a VPL reward model r(x, y, z), z inferred from a user's labelled pairs", "vpl", None),
+}
+
+
+def _judge_lines(config: Config) -> list[str]:
+    head = getattr(config.loss_fn, "model_head", "policy")
+    if head not in JUDGE_KINDS:
+        return []
+    what, judge_type, _ = JUDGE_KINDS[head]
+    context = ", user_context: <a JSONL of the user's labelled pairs>" if head == "vpl" else ""
+    return [
+        f"| judge | {what}; load it with `online.judge: {{type: {judge_type}, name_or_path: <this directory>{context}}}` |"
+    ]
+
+
 def render_model_card(config: Config, metrics: dict[str, float]) -> str:
     lora = f"r={config.lora.r}, alpha={config.lora.alpha:g}" if config.lora else "no (full fine-tune)"
     bits = f"{config.quantization.bits}-bit" if config.quantization else "none"
     losses = "; ".join(f"{s.weight:g} x `{s.name}` {s.params or ''}".rstrip() for s in config.loss)
     # The Hub keys its "use this model" snippet on `library_name`: an adapter loads with
     # PEFT, a full model with transformers. `alignment` is a tag, as TRL tags its runs.
+    head = getattr(config.loss_fn, "model_head", "policy")
     front = {
         "library_name": "peft" if config.lora else "transformers",
-        "pipeline_tag": "text-generation",
+        "pipeline_tag": JUDGE_KINDS[head][2] if head in JUDGE_KINDS else "text-generation",
         "tags": ["alignment", "preference-optimization", *dict.fromkeys(s.name for s in config.loss)],
     }
     if config.model.name_or_path:
@@ -36,6 +55,9 @@ def render_model_card(config: Config, metrics: dict[str, float]) -> str:
     hub_sets = [s.path for s in config.data.train if "/" in s.path and not Path(s.path).exists()]
     if hub_sets:
         front["datasets"] = hub_sets
+    if front["pipeline_tag"] is None:
+        del front["pipeline_tag"]
+    trained = "Trained as a judge" if head in JUDGE_KINDS else "Preference-trained"
     lines = [
         "---",
         yaml.safe_dump(front, sort_keys=False).strip(),
@@ -43,7 +65,7 @@ def render_model_card(config: Config, metrics: dict[str, float]) -> str:
         "",
         f"# {Path(config.training['output_dir']).name}",
         "",
-        f"Preference-trained with `alignment`. Base model: **{_base_model(config)}**.",
+        f"{trained} with `alignment`. Base model: **{_base_model(config)}**.",
         "",
         "| | |",
         "|---|---|",
@@ -52,6 +74,7 @@ def render_model_card(config: Config, metrics: dict[str, float]) -> str:
         f"| training data | {', '.join(_datasets(config))} |",
         f"| LoRA | {lora} |",
         f"| quantization | {bits} |",
+        *_judge_lines(config),
     ]
     if config.online is not None:
         lines.append(
