@@ -160,7 +160,7 @@ def test_alignment_losses_lists_every_loss_with_paper_and_defaults(capsys):
         "nash_md": ("Munos et al. 2023", "tau=0.008"),
         "online_ipo": ("Calandriello et al. 2024", "tau=0.1"),
         "bradley_terry": ("Bradley & Terry 1952", "center_rewards_coefficient=0.0, pairs='best_vs_worst'"),
-        "vpl": ("Poddar et al. 2024", "kl_weight=0.01, anneal_steps=0"),
+        "vpl": ("Poddar et al. 2024", "kl_weight=0.001, anneal_steps=0"),
     }
     for name, (paper, params) in expected.items():
         paper_line, _, params_line = lines[headers[name] + 1 : headers[name] + 4]

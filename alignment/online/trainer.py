@@ -213,9 +213,11 @@ class OnlineTrainer(PreferenceTrainer):
 
     @property
     def win_rate_key(self) -> str:
-        """The sampled win rate's name; with an `evaluation.judge` of its own, which then
-        reports `win_rate_vs_initial`, the online judge's is `online_judge_win_rate_vs_...`."""
-        if self.generation_eval is not None and self.generation_eval.judge is not None:
+        """The sampled win rate's name. An `evaluation.judge` also reports
+        `win_rate_vs_initial`; when both are against the initial policy the online judge's
+        becomes `online_judge_win_rate_vs_initial`, so neither hides the other."""
+        evaluation_judged = self.generation_eval is not None and self.generation_eval.judge is not None
+        if evaluation_judged and self._win_rate_key == "win_rate_vs_initial":
             return f"online_judge_{self._win_rate_key}"
         return self._win_rate_key
 

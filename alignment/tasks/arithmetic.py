@@ -18,6 +18,7 @@ import json
 import math
 import random
 import re
+import string
 from pathlib import Path
 
 _PROMPT = re.compile(r"(\d+)\s*\+\s*(\d+)\s*=\s*$")
@@ -61,10 +62,23 @@ def list_row(rng: random.Random, k: int = 4) -> dict:
     return {"prompt": prompt, "completions": [str(a) for a in answers], "scores": scores}
 
 
+JUNK = "".join(c for c in string.printable[:94] if not c.isdigit())
+
+
+def junk_pair_row(rng: random.Random) -> dict:
+    """Any answer over a completion that is no answer (1 to 3 non-digit characters): what
+    a reward model must also learn before it judges a policy's samples, which start out
+    as such junk."""
+    prompt, truth = prompt_and_truth(rng)
+    junk = "".join(rng.choices(JUNK, k=rng.randint(1, 3)))
+    return {"prompt": prompt, "chosen": str(rng.choice(candidates(truth))), "rejected": junk}
+
+
 def write_data(directory: Path) -> None:
     """data/pairs_{train,test}.jsonl (pairwise: chosen is the closer answer) and
-    data/lists_{train,test}.jsonl (K = 4 scored lists; equal distances tie). Train and
-    test use different random streams: the test rows are fresh pairs and lists."""
+    data/lists_{train,test}.jsonl (K = 4 scored lists; equal distances tie), and
+    data/junk_pairs_train.jsonl (an answer over no answer). Train and test use different
+    random streams: the test rows are fresh pairs and lists."""
     directory.mkdir(exist_ok=True)
     for split, n in SIZES.items():
         for kind, make in (("pairs", pair_row), ("lists", list_row)):
@@ -74,6 +88,13 @@ def write_data(directory: Path) -> None:
                 for _ in range(n):
                     f.write(json.dumps(make(rng)) + "\n")
             print(f"wrote {n} rows to {path}")
+    # The reward model's extra training pairs (recipes/tiny/reward_model.yaml).
+    rng = random.Random("junk-0")
+    path = directory / "junk_pairs_train.jsonl"
+    with path.open("w") as f:
+        for _ in range(2000):
+            f.write(json.dumps(junk_pair_row(rng)) + "\n")
+    print(f"wrote 2000 rows to {path}")
 
 
 def true_sum(prompt: str | list[dict[str, str]]) -> int:
