@@ -15,6 +15,13 @@ from tests.launch import train_in_process
 pytestmark = pytest.mark.slow
 
 
+def judged_accuracy(judge, rows: list[dict]) -> float:
+    """The share of (chosen, rejected) pairs the judge gets right, a tie counting 1/2 (as
+    the trainer's accuracy counts it)."""
+    p = judge([r["prompt"] for r in rows], [(r["chosen"], r["rejected"]) for r in rows])
+    return ((p > 0.5).float() + 0.5 * (p == 0.5).float()).mean().item()
+
+
 @pytest.fixture(scope="module")
 def reward_model(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny-reward-model")
@@ -35,14 +42,11 @@ def test_the_trained_reward_model_is_a_judge_that_scores_its_training_tokens(rew
     out, metrics = reward_model
     judge = build_judge(JudgeConfig(type="reward_model", name_or_path=str(out)), "cpu")
     assert isinstance(judge, RewardModelJudge) and judge.trained_here["kind"] == "reward"
-    rows = tiny_rows(split="test", n=400)
-    prompts = [r["prompt"] for r in rows]
-    p = judge(prompts, [(r["chosen"], r["rejected"]) for r in rows])
+    accuracy = judged_accuracy(judge, tiny_rows(split="test", n=400))
     # The judge's held-out accuracy is the trainer's: the same tokens, the same rewards (up to
     # batch-size rounding, which could flip at most a near-tie: one pair of the 400).
-    right = (p > 0.5).float() + 0.5 * (p == 0.5).float()
-    assert right.mean().item() == pytest.approx(metrics["eval_reward_accuracy"], abs=1 / 400)
-    assert right.mean().item() >= 0.9
+    assert accuracy == pytest.approx(metrics["eval_reward_accuracy"], abs=1 / 400)
+    assert accuracy >= 0.9
 
 
 def test_the_pipeline_online_nash_md_judged_by_the_trained_reward_model(reward_model):
@@ -70,11 +74,9 @@ def test_the_tiny_preference_model_learns_the_task_and_both_orders(preference_mo
     assert metrics["eval_symmetry_gap"] <= 0.05  # mean |P(y > y') + P(y' > y) - 1| on held-out pairs
     judge = build_judge(JudgeConfig(type="pairwise", name_or_path=str(out)), "cpu")
     assert judge.template == "{prompt}{completion_a}|{completion_b}"  # read from alignment_judge.json
-    rows = tiny_rows(split="test", n=400)
-    p = judge([r["prompt"] for r in rows], [(r["chosen"], r["rejected"]) for r in rows])
     # The judge averages both orders, as the trainer's accuracy does: the same verdicts.
-    right = (p > 0.5).float() + 0.5 * (p == 0.5).float()
-    assert right.mean().item() == pytest.approx(metrics["eval_accuracy"], abs=1 / 400)
+    accuracy = judged_accuracy(judge, tiny_rows(split="test", n=400))
+    assert accuracy == pytest.approx(metrics["eval_accuracy"], abs=1 / 400)
 
 
 def test_vpl_infers_the_user_where_a_single_reward_model_cannot(tmp_path):
