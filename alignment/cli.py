@@ -99,6 +99,7 @@ def losses_main(argv: list[str]) -> int:
         summary = (inspect.getdoc(cls) or "").splitlines()[0]
         print(
             f"{name}: {summary}\n    paper: {cls.paper}\n    formula: {cls.formula}\n    parameters: {params}  ({reference})"
+            f"\n    TRL: {cls.trl or 'none'}"
         )
     return 0
 

@@ -98,16 +98,27 @@ def trl_dpo_trainer(policy, reference, rows: list[dict], tokenizer, output_dir: 
     return DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=dataset, processing_class=tokenizer)
 
 
-def batch_logps(policy, reference, batch: dict[str, torch.Tensor]):
-    """Our loss input for a collated batch, through `sequence_logps` (no grad)."""
+def batch_logps(policy, reference, batch: dict[str, torch.Tensor], per_token: bool = False):
+    """Our loss input for a collated batch, through `sequence_logps` (no grad); with
+    `per_token`, the per-token log-probs too (for losses that read them)."""
     from alignment.logprobs import sequence_logps
     from alignment.losses import SequenceLogps
+    from alignment.losses.base import TokenLogps
 
     with torch.no_grad():
+        tokens = None
+        if per_token:
+            tokens = TokenLogps(
+                policy=sequence_logps(policy, batch, per_token=True),
+                reference=sequence_logps(reference, batch, per_token=True),
+                old_policy=None,
+                mask=batch["completion_attention_mask"].bool(),
+            )
         return SequenceLogps(
             policy=sequence_logps(policy, batch),
             reference=sequence_logps(reference, batch),
             scores=batch["scores"],
             mask=batch["mask"],
             lengths=batch["lengths"],
+            tokens=tokens,
         )

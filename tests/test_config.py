@@ -148,6 +148,8 @@ def test_alignment_losses_lists_every_loss_with_paper_and_defaults(capsys):
         *("dpo", "ipo", "rdpo", "rpo", "hinge", "lipo", "listmle", "nash_md", "online_ipo"),
         *("spo", "sppo", "copg", "rloo", "grpo"),
         *("bradley_terry", "plackett_luce", "pairwise_preference", "vpl"),
+        *("exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot", "aot_unpaired", "apo_zero", "apo_down"),
+        *("discopop", "sigmoid_norm", "sft", "simpo", "cpo", "orpo", "kto"),
     }
     expected = {
         "dpo": ("Rafailov et al. 2023", "beta=0.1, label_smoothing=0.0"),
@@ -165,6 +167,10 @@ def test_alignment_losses_lists_every_loss_with_paper_and_defaults(capsys):
     for name, (paper, params) in expected.items():
         paper_line, _, params_line = lines[headers[name] + 1 : headers[name] + 4]
         assert paper in paper_line and params in params_line, name
+    # a TRL user finds the loss under TRL's name
+    trl = {"dpo": "loss_type='sigmoid'", "rdpo": "loss_type='robust'", "simpo": "CPOTrainer loss_type='simpo'"}
+    for name, alias in {**trl, "kto": "KTOTrainer loss_type='kto'", "spo": "none"}.items():
+        assert lines[headers[name] + 4].startswith("    TRL: ") and alias in lines[headers[name] + 4], name
 
 
 def test_reference_shorthand_on_the_command_line(tmp_path):

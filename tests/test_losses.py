@@ -320,11 +320,13 @@ def test_no_valid_pair_gives_zero_loss_with_a_grad_path(name):
 
 def test_registry_lists_every_loss_with_paper_defaults():
     assert set(ALL_LOSSES) <= set(available_losses())
-    assert loss_class("dpo").parameters() == {"pairs": "best_vs_worst", "beta": 0.1, "label_smoothing": 0.0}
-    assert loss_class("ipo").parameters() == {"pairs": "best_vs_worst", "tau": 0.1, "length_normalize": True}
-    assert loss_class("rdpo").parameters() == {"pairs": "best_vs_worst", "beta": 0.1, "epsilon": 0.1}
-    assert loss_class("rpo").parameters() == {"pairs": "best_vs_worst", "beta": 0.1, "eta": 0.005, "nll": "sum"}
-    assert loss_class("hinge").parameters() == {"pairs": "best_vs_worst", "beta": 0.1}
+    pairwise = {"pairs": "best_vs_worst", "ld_alpha": None}
+    margin = {**pairwise, "f_divergence": "reverse_kl", "f_alpha": 0.5}
+    assert loss_class("dpo").parameters() == {**margin, "beta": 0.1, "label_smoothing": 0.0}
+    assert loss_class("ipo").parameters() == {**margin, "tau": 0.1, "length_normalize": True}
+    assert loss_class("rdpo").parameters() == {**margin, "beta": 0.1, "epsilon": 0.1}
+    assert loss_class("rpo").parameters() == {**margin, "beta": 0.1, "eta": 0.005, "nll": "sum"}
+    assert loss_class("hinge").parameters() == {**margin, "beta": 0.1}
     assert loss_class("lipo").parameters() == {"beta": 0.05}
     assert loss_class("listmle").parameters() == {"beta": 0.1}
     for name in ALL_LOSSES:

@@ -28,6 +28,32 @@ CASES = [
     ("ipo", {"tau": 0.1, "length_normalize": True}, "ipo", {"beta": 0.1}),
     ("rdpo", {"beta": 0.1, "epsilon": 0.2}, "robust", {"beta": 0.1, "label_smoothing": 0.2}),
     ("hinge", {"beta": 0.1}, "hinge", {"beta": 0.1}),
+    ("exo_pair", {"beta": 0.5, "epsilon": 1e-3}, "exo_pair", {"beta": 0.5, "label_smoothing": 1e-3}),
+    ("nca_pair", {"beta": 0.5}, "nca_pair", {"beta": 0.5}),
+    ("bco_pair", {"beta": 0.5}, "bco_pair", {"beta": 0.5}),
+    ("sppo_hard", {"beta": 0.5}, "sppo_hard", {"beta": 0.5}),
+    ("apo_zero", {"beta": 0.5}, "apo_zero", {"beta": 0.5}),
+    ("apo_down", {"beta": 0.5}, "apo_down", {"beta": 0.5}),
+    ("discopop", {"beta": 0.5, "tau": 0.05}, "discopop", {"beta": 0.5, "discopop_tau": 0.05}),
+    ("sigmoid_norm", {"beta": 2.0}, "sigmoid_norm", {"beta": 2.0}),
+    ("sft", {}, "sft", {}),
+    ("aot", {"beta": 0.5, "label_smoothing": 0.1}, "aot", {"beta": 0.5, "label_smoothing": 0.1}),
+    ("aot_unpaired", {"beta": 0.5}, "aot_unpaired", {"beta": 0.5}),
+    # f-divergences (f-DPO)
+    ("dpo", {"f_divergence": "forward_kl"}, "sigmoid", {"f_divergence_type": "forward_kl"}),
+    ("dpo", {"f_divergence": "js_divergence"}, "sigmoid", {"f_divergence_type": "js_divergence"}),
+    (
+        "dpo",
+        {"f_divergence": "alpha_divergence", "f_alpha": 0.3},
+        "sigmoid",
+        {"f_divergence_type": "alpha_divergence", "f_alpha_divergence_coef": 0.3},
+    ),
+    ("ipo", {"f_divergence": "js_divergence"}, "ipo", {"f_divergence_type": "js_divergence"}),
+    ("hinge", {"f_divergence": "forward_kl"}, "hinge", {"f_divergence_type": "forward_kl"}),
+    ("sigmoid_norm", {"f_divergence": "forward_kl"}, "sigmoid_norm", {"f_divergence_type": "forward_kl"}),
+    # LD-DPO: the completions "9" and "10" differ in length, so the tail weight matters
+    ("dpo", {"ld_alpha": 0.3}, "sigmoid", {"ld_alpha": 0.3}),
+    ("apo_zero", {"ld_alpha": 0.5}, "apo_zero", {"ld_alpha": 0.5}),
 ]
 
 
@@ -50,9 +76,10 @@ def trl_loss(rows, loss_type, kwargs, tmp_path) -> float:
 def our_loss(rows, name, params, tmp_path) -> tuple[float, float]:
     policy, reference = tiny_model(seed=0).eval(), tiny_model(seed=1).eval()
     batch = collate(tokenized(rows, tmp_path, max_length=None, max_prompt_length=None))
-    logps = batch_logps(policy, reference, batch)
+    loss = get_loss(name, **params)
+    logps = batch_logps(policy, reference, batch, per_token=loss.needs_tokens)
     with torch.no_grad():
-        out = get_loss(name, **params)(logps)
+        out = loss(logps)
     return out.loss.item(), get_loss("dpo")(logps).loss.item()
 
 
@@ -62,3 +89,75 @@ def test_loss_matches_trl_dpotrainer(rows, name, params, loss_type, kwargs, tmp_
     theirs = trl_loss(rows, loss_type, kwargs, tmp_path)
     assert abs(ours_dpo - 0.6931471805599453) > 1e-3, "reference must differ from the policy"
     assert ours == float32_approx(theirs, ulps=4)
+
+
+# ---------------------------------------------------------------- reference-free: TRL's experimental CPO and ORPO
+
+
+def trl_reference_free(rows, kind, tmp_path, **kwargs):
+    """(loss, metrics) of TRL's experimental CPOTrainer or ORPOTrainer on `rows` as one batch."""
+    from datasets import Dataset
+    from trl.experimental.cpo import CPOConfig, CPOTrainer
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    config, trainer_class = (CPOConfig, CPOTrainer) if kind == "cpo" else (ORPOConfig, ORPOTrainer)
+    args = config(
+        output_dir=str(tmp_path / kind),
+        per_device_train_batch_size=len(rows),
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        report_to="none",
+        max_length=None,
+        **kwargs,
+    )
+    trainer = trainer_class(
+        model=tiny_model(seed=0), args=args, train_dataset=Dataset.from_list(rows), processing_class=tiny_tokenizer()
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.model.eval()
+    with torch.no_grad():
+        loss, metrics = trainer.get_batch_loss_metrics(trainer.model, batch, "train")
+    return loss.item(), metrics
+
+
+def policy_only_logps(rows, tmp_path):
+    from alignment.logprobs import sequence_logps
+    from alignment.losses import SequenceLogps
+
+    batch = collate(tokenized(rows, tmp_path, max_length=None, max_prompt_length=None))
+    with torch.no_grad():
+        policy = sequence_logps(tiny_model(seed=0).eval(), batch)
+    return SequenceLogps(policy, None, batch["scores"], batch["mask"], batch["lengths"])
+
+
+@pytest.mark.parametrize(
+    "name, params, kwargs",
+    [
+        ("cpo", {"beta": 0.5, "alpha": 1.0}, {"beta": 0.5, "cpo_alpha": 1.0}),
+        ("cpo", {"beta": 0.1, "alpha": 0.3, "label_smoothing": 0.1}, {"cpo_alpha": 0.3, "label_smoothing": 0.1}),
+        (
+            "simpo",
+            {"beta": 2.0, "gamma": 1.0},
+            {"loss_type": "simpo", "beta": 2.0, "simpo_gamma": 1.0, "cpo_alpha": 0.0},
+        ),
+    ],
+)
+def test_cpo_and_simpo_match_trl_cpotrainer(rows, name, params, kwargs, tmp_path):
+    theirs, _ = trl_reference_free(rows, "cpo", tmp_path, **kwargs)
+    ours = get_loss(name, **params)(policy_only_logps(rows, tmp_path)).loss.item()
+    assert ours == float32_approx(theirs, ulps=8)
+
+
+def test_orpo_odds_ratio_term_matches_trl_orpotrainer_and_its_nll_is_the_completions(rows, tmp_path):
+    """TRL's ORPO takes its NLL over prompt and completion tokens (as the authors' code
+    does); the paper's L_SFT, and ours, is the chosen completion's. So the odds-ratio
+    term is compared with TRL's loss less TRL's NLL, and our NLL with a direct sum."""
+    theirs, metrics = trl_reference_free(rows, "orpo", tmp_path, beta=0.1)
+    logps = policy_only_logps(rows, tmp_path)
+    out = get_loss("orpo", beta=0.1)(logps)
+    assert out.metrics["loss/preference"].item() == float32_approx(theirs - float(metrics["nll_loss"]), ulps=64)
+    chosen = logps.scores.argmax(-1)
+    nll = -logps.policy.gather(1, chosen[:, None]).sum() / logps.lengths.gather(1, chosen[:, None]).sum()
+    assert out.metrics["loss/nll"].item() == float32_approx(nll.item())
+    assert out.loss.item() == pytest.approx(out.metrics["loss/preference"].item() + nll.item(), rel=1e-6)

@@ -39,6 +39,17 @@ def resolve_reference(
             f"reference: {reference.type!r} but no loss term needs a reference "
             f"({', '.join(term.name for term in loss_terms(loss))} are reference-free); use reference: none"
         )
+    # A precomputed reference holds one summed log-prob per stored completion: nothing per
+    # token, and nothing for completions paired with another row's prompt.
+    unstored = [
+        term.name for term in loss_terms(loss) if term.needs_reference and (term.needs_tokens or term.needs_mismatched)
+    ]
+    if unstored and not strategy.live:
+        raise ConfigError(
+            f"reference: {reference.type!r} stores one log-prob per completion, but loss {', '.join(unstored)} reads "
+            "the reference per token (ld_alpha) or on mismatched prompt-completion pairs (kto's KL baseline); "
+            "use reference: model, or adapter with lora"
+        )
     if strategy.needs_lora and lora is None:
         raise ConfigError(
             f"reference: {reference.type!r} means the policy with its LoRA adapters disabled; add a `lora:` section"

@@ -4,11 +4,15 @@ Importing this package registers every built-in loss (the modules below register
 themselves with `@register_loss` on import)."""
 
 from alignment.losses import (  # noqa: F401  (registration)
+    anchored,
     copg,
+    distributional,
     listwise,
+    margin_variants,
     online,
     pairwise,
     policy_gradient,
+    reference_free,
     reward_model,
     self_play,
 )

@@ -163,7 +163,10 @@ class PreferenceLoss:
     judge's win rates serve as rewards) or "any" (whatever the judge gives). A reward
     judge feeds a preference loss through Bradley-Terry, P = sigmoid(r_i - r_j).
     `num_samples` is the K a loss requires (None: any K >= 2), `needs_tokens` asks for
-    per-token log-probs, and `reuses_samples` marks a loss with an importance-ratio
+    per-token log-probs, `needs_mismatched` asks for the log-ratios of each completion
+    under another list's prompt (`SequenceLogps.mismatched`, KTO's KL baseline),
+    `accepts_unpaired` lets single-completion rows (a desirable or undesirable label,
+    no pair) into the data, and `reuses_samples` marks a loss with an importance-ratio
     surrogate that may train several updates on one batch of samples.
 
     `model_head` says which model the loss trains: "policy" (a causal LM; `policy` is
@@ -175,6 +178,7 @@ class PreferenceLoss:
     property of the instance; the config and trainers read every flag from instances."""
 
     name: ClassVar[str] = ""
+    trl: ClassVar[str] = ""  # what a TRL user knows this loss as ("" when TRL has none)
     paper: ClassVar[str] = ""
     formula: ClassVar[str] = ""
     needs_reference: ClassVar[bool] = True
@@ -183,6 +187,8 @@ class PreferenceLoss:
     feedback: ClassVar[str] = "any"
     num_samples: ClassVar[int | None] = None
     needs_tokens: ClassVar[bool] = False
+    needs_mismatched: ClassVar[bool] = False
+    accepts_unpaired: ClassVar[bool] = False
     reuses_samples: ClassVar[bool] = False
     model_head: ClassVar[str] = "policy"
 

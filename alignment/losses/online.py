@@ -97,6 +97,7 @@ class OnlineIPOLoss(OnlineLoss):
     the regularised Nash equilibrium (the paper's equivalence). Log-ratios are per
     sequence, as in the paper."""
 
+    trl = "OnlineDPOTrainer loss_type='ipo' (trl.experimental)"
     paper = "Calandriello et al. 2024, Human Alignment of Large Language Models through Online Preference Optimisation"
     formula = "p (h - c)^2 + (1 - p) (-h - c)^2, c = 1/(2 tau), p = P(y > y'), h = rho(y) - rho(y')"
     online_only = True

@@ -53,6 +53,7 @@ class RLOOLoss(OptionalKL, PreferenceLoss):
     beta defaults to TRL 1.16's RLOOConfig.beta = 0.05; the paper tunes the KL
     coefficient per task."""
 
+    trl = "RLOOTrainer"
     paper = (
         "Ahmadian et al. 2024, Back to Basics: Revisiting REINFORCE Style Optimization for Learning from "
         "Human Feedback in LLMs"
@@ -132,6 +133,7 @@ class GRPOLoss(OptionalKL, PreferenceLoss):
     scale_rewards "group", importance_sampling_level "token" and
     use_bias_correction_kl False. beta = 0 needs no reference."""
 
+    trl = "GRPOTrainer"
     paper = (
         "Shao et al. 2024, DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language Models "
         "(GRPO, eq. 3)"

@@ -58,6 +58,7 @@ class BradleyTerryLoss(PreferenceLoss):
     c = `center_rewards_coefficient` (0: off) pulls the rewards towards mean zero, as
     TRL's `center_rewards_coefficient`. On pairs it is TRL's RewardTrainer loss."""
 
+    trl = "RewardTrainer (the margin column; center_rewards_coefficient)"
     paper = "Bradley & Terry 1952; Ouyang et al. 2022 (reward model); Eisenstein et al. 2023 (centering)"
     formula = "mean L(r_w - r_l - margin) + c * mean (r_w + r_l)^2"
     needs_reference: ClassVar[bool] = False

@@ -1,0 +1,263 @@
+"""The losses that TRL's DPOTrainer, CPO, ORPO and KTO trainers offer, beyond DPO, IPO,
+robust DPO and hinge: values worked out by hand, the f-divergence and LD-DPO options,
+lists through `pairs:`, padding, float64 gradcheck and finiteness at margins of 1e4.
+Their equality with TRL itself is in test_trl_oracle.py."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from alignment.losses import SequenceLogps, get_loss, loss_class
+from alignment.losses.base import TokenLogps
+from tests.test_losses import PAIR, L, batch, pad, random_batch
+
+NEW_PAIRWISE = ["exo_pair", "nca_pair", "bco_pair", "sppo_hard", "apo_zero", "apo_down", "discopop", "sigmoid_norm"]
+REFERENCE_FREE = ["simpo", "cpo", "orpo", "sft"]
+SORTED = ["aot", "aot_unpaired"]
+NEW = NEW_PAIRWISE + REFERENCE_FREE + SORTED
+
+
+def sigma(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def log_odds(avg: float) -> float:
+    return avg - math.log(1 - math.exp(avg))
+
+
+# PAIR: r_w = 1, r_l = -0.5, h = 1.5; policy_w = -1 (2 tokens), policy_l = -3 (5 tokens).
+HAND = [
+    (
+        "exo_pair",
+        {"beta": 1.0},
+        sigma(1.5) * (math.log(sigma(1.5)) - math.log(0.999)) + sigma(-1.5) * (math.log(sigma(-1.5)) - math.log(1e-3)),
+    ),
+    ("nca_pair", {"beta": 1.0}, L(1.0) + 0.5 * L(-1.0) + 0.5 * L(0.5)),
+    ("bco_pair", {"beta": 1.0}, L(1.0) + L(0.5)),
+    ("sppo_hard", {"beta": 0.5}, (1.0 - 1.0) ** 2 + (-0.5 + 1.0) ** 2),
+    ("apo_zero", {"beta": 1.0}, 1 - sigma(1.0) + sigma(-0.5)),
+    ("apo_down", {"beta": 1.0}, sigma(1.0) + 1 - sigma(1.5)),
+    ("discopop", {"beta": 1.0}, (1 - sigma(30.0)) * L(1.5) + sigma(30.0) * math.exp(-1.5)),
+    ("sigmoid_norm", {"beta": 1.0}, L(1.0 / 2 - (-0.5) / 5)),  # L(0.6)
+    ("sft", {}, 1.0 / 2),
+    ("simpo", {}, L(2.0 * (-1.0 / 2 - (-3.0 / 5)) - 1.0)),  # L(-0.8)
+    ("simpo", {"label_smoothing": 0.2}, 0.8 * L(-0.8) + 0.2 * L(0.8)),
+    ("cpo", {}, L(0.1 * 2.0) + 1.0 * 0.5),
+    ("cpo", {"alpha": 0.0, "beta": 1.0}, L(2.0)),
+    ("orpo", {}, 0.5 + 0.1 * L(log_odds(-0.5) - log_odds(-0.6))),
+    ("aot", {"beta": 1.0}, L((-1.0 - -3.0) - (-2.0 - -2.5))),  # one pair: sorting changes nothing
+    ("aot_unpaired", {"beta": 1.0}, L(1.5)),
+    # f-DPO: s = f'(exp(r)) in place of r
+    ("dpo", {"beta": 1.0, "f_divergence": "forward_kl"}, L((1 - math.exp(-1.0)) - (1 - math.exp(0.5)))),
+    ("dpo", {"beta": 1.0, "f_divergence": "js_divergence"}, L(math.log(sigma(1.0)) - math.log(sigma(-0.5)))),
+    (
+        "dpo",
+        {"beta": 1.0, "f_divergence": "alpha_divergence", "f_alpha": 0.5},
+        L((math.exp(-0.5) - 1) / -0.5 - (math.exp(0.25) - 1) / -0.5),
+    ),
+    ("dpo", {"beta": 1.0, "f_divergence": "alpha_divergence", "f_alpha": 1.0}, L(1.5)),  # the limit is log u
+    ("ipo", {"f_divergence": "forward_kl"}, ((1 - math.exp(-1.0)) / 2 - (1 - math.exp(0.5)) / 5 - 5.0) ** 2),
+]
+
+
+@pytest.mark.parametrize("name, params, expected", HAND, ids=[f"{n}{p}" for n, p, _ in HAND])
+def test_values_by_hand(name, params, expected):
+    out = get_loss(name, **params)(batch(**PAIR))
+    assert out.loss.item() == pytest.approx(expected, rel=1e-12)
+
+
+def pair_with_tokens() -> SequenceLogps:
+    """PAIR with per-token log-probs: w has 2 tokens, l has 5; shared length 2."""
+    logps = batch(**PAIR)
+    dtype = torch.float64
+    policy = torch.tensor([[[-0.25, -0.75, 0, 0, 0], [-1.0, -0.5, -0.5, -0.5, -0.5]]], dtype=dtype)
+    reference = torch.tensor([[[-1.0, -1.0, 0, 0, 0], [-0.1, -0.2, -0.3, -0.9, -1.0]]], dtype=dtype)
+    mask = torch.tensor([[[1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]], dtype=torch.bool)
+    logps.policy = policy.sum(-1).requires_grad_(True)
+    logps.tokens = TokenLogps(policy=policy.requires_grad_(True), reference=reference, old_policy=None, mask=mask)
+    return logps
+
+
+def test_ld_dpo_weights_the_longer_completions_tail_by_hand():
+    # shared length 2: policy_l' = -1.5 + a (-1.5), reference_l' = -0.3 + a (-2.2); w is all shared.
+    a = 0.5
+    r_l = (-1.5 + a * -1.5) - (-0.3 + a * -2.2)  # -0.85 (plain DPO: -0.5)
+    logps = pair_with_tokens()
+    loss = get_loss("dpo", beta=1.0, ld_alpha=a)
+    assert loss.needs_tokens and not get_loss("dpo").needs_tokens
+    assert loss(logps).loss.item() == pytest.approx(L(1.0 - r_l), rel=1e-12)
+    # ld_alpha = 1 is DPO itself; 0 keeps only the shared prefix
+    assert get_loss("dpo", beta=1.0, ld_alpha=1.0)(logps).loss.item() == pytest.approx(L(1.5), rel=1e-12)
+    assert get_loss("dpo", beta=1.0, ld_alpha=0.0)(logps).loss.item() == pytest.approx(
+        L(1.0 - (-1.5 - -0.3)), rel=1e-12
+    )
+    (grad,) = torch.autograd.grad(loss(logps).loss, logps.tokens.policy)
+    slope = -sigma(-(1.0 - r_l))  # dL(h)/dh
+    # tokens of w and the shared tokens of l count fully, l's tail by a; padding not at all
+    expected = torch.tensor(
+        [[[slope, slope, 0, 0, 0], [-slope, -slope, -a * slope, -a * slope, -a * slope]]], dtype=torch.float64
+    )
+    torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-15)
+
+
+def test_aot_sorts_the_batch_before_matching():
+    # Two pairs. Paired: policy margins [2, -1], reference margins [0.5, 1] -> sorted [-1, 2] - [0.5, 1].
+    logps = batch(
+        policy=[[-1.0, -3.0], [-2.0, -1.0]],
+        reference=[[-2.0, -2.5], [-1.0, -2.0]],
+        scores=[[1.0, 0.0], [1.0, 0.0]],
+    )
+    deltas = [-1.0 - 0.5, 2.0 - 1.0]
+    assert get_loss("aot", beta=1.0)(logps).loss.item() == pytest.approx(sum(map(L, deltas)) / 2, rel=1e-12)
+    # Unpaired: r_w = [1, -1] -> [-1, 1]; r_l = [-0.5, 1] -> [-0.5, 1]
+    deltas = [-1.0 - -0.5, 1.0 - 1.0]
+    assert get_loss("aot_unpaired", beta=1.0)(logps).loss.item() == pytest.approx(sum(map(L, deltas)) / 2, rel=1e-12)
+
+
+def test_reference_free_losses_read_no_reference_and_ignore_one_given():
+    for name in REFERENCE_FREE:
+        loss = get_loss(name)
+        assert not loss.needs_reference, name
+        with_reference = loss(batch(**PAIR)).loss.item()
+        without = loss(batch(**{**PAIR, "reference": None})).loss.item()
+        assert with_reference == without, name  # in a composite with dpo the reference is there: unused
+
+
+def test_simpo_reports_length_averaged_rewards():
+    out = get_loss("simpo", beta=2.0)(batch(**PAIR))
+    assert out.metrics["rewards/chosen"].item() == pytest.approx(2.0 * -0.5, rel=1e-12)
+    assert out.metrics["rewards/rejected"].item() == pytest.approx(2.0 * -0.6, rel=1e-12)
+    assert out.metrics["reward_accuracy"].item() == 1.0
+
+
+def test_cpo_and_orpo_report_their_parts():
+    out = get_loss("cpo", alpha=0.5)(batch(**PAIR))
+    assert out.metrics["loss/preference"].item() == pytest.approx(L(0.2), rel=1e-12)
+    assert out.metrics["loss/nll"].item() == pytest.approx(0.5, rel=1e-12)
+    assert out.loss.item() == pytest.approx(L(0.2) + 0.25, rel=1e-12)
+    out = get_loss("orpo")(batch(**PAIR))
+    assert out.metrics["loss/nll"].item() == pytest.approx(0.5, rel=1e-12)
+
+
+@pytest.mark.parametrize("name", NEW_PAIRWISE + REFERENCE_FREE + SORTED)
+@pytest.mark.parametrize("mode", ["all", "adjacent"])
+def test_pairs_on_a_list_equal_the_loss_on_each_pair(name, mode):
+    # Scores 3, 1, 3, 0 (a tie at the top): the pairs written out by hand.
+    policy, reference = [-4.0, -6.0, -5.0, -9.0], [-5.0, -5.5, -4.0, -7.0]
+    lengths = [3, 7, 4, 11]
+    hand = {"all": [(0, 1), (0, 3), (2, 1), (2, 3), (1, 3)], "adjacent": [(0, 1), (2, 1), (1, 3)]}[mode]
+    as_list = batch([policy], [reference], [[3.0, 1.0, 3.0, 0.0]], lengths=[lengths])
+    as_pairs = batch(
+        [[policy[i], policy[j]] for i, j in hand],
+        [[reference[i], reference[j]] for i, j in hand],
+        [[1.0, 0.0]] * len(hand),
+        lengths=[[lengths[i], lengths[j]] for i, j in hand],
+    )
+    expected = get_loss(name)(as_pairs).loss.item()
+    assert get_loss(name, pairs=mode)(as_list).loss.item() == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_padding_never_changes_the_loss_or_its_gradient(name):
+    logps = random_batch(b=3, k=4, seed=2, distinct=False)
+    logps.mask[1, 3] = False
+    logps.mask[2, 2:] = False
+    logps.scores[0] = torch.tensor([2.0, 0.0, 1.0, 3.0])
+    loss = get_loss(name, pairs="all")
+    out = loss(logps)
+    padded, slots = pad(logps, extra=3)
+    out_padded = loss(padded)
+    assert out_padded.loss.item() == pytest.approx(out.loss.item(), rel=1e-12)
+    (grad,) = torch.autograd.grad(out.loss, logps.policy)
+    (grad_padded,) = torch.autograd.grad(out_padded.loss, padded.policy)
+    torch.testing.assert_close(grad_padded.gather(1, slots), grad, rtol=1e-12, atol=1e-15)
+    assert torch.equal(grad_padded.scatter(1, slots, torch.zeros_like(grad)), torch.zeros_like(grad_padded))
+
+
+GRADCHECK = (
+    [(n, {}) for n in NEW]
+    + [("dpo", {"f_divergence": f}) for f in ("forward_kl", "js_divergence", "alpha_divergence")]
+    + [("exo_pair", {"pairs": "all"}), ("cpo", {"pairs": "all", "label_smoothing": 0.1}), ("aot", {"pairs": "all"})]
+)
+
+
+@pytest.mark.parametrize("name, params", GRADCHECK, ids=[f"{n}{p}" for n, p in GRADCHECK])
+def test_gradcheck(name, params):
+    logps = random_batch(b=2, k=3, seed=3)
+    logps.mask[1, 2] = False
+    # log-ratios of a few nats, where every f' and sigmoid is far from saturating
+    policy = (logps.reference.detach() + torch.linspace(-2, 2, 6, dtype=torch.float64).view(2, 3)).requires_grad_(True)
+    reference = logps.reference.clone().requires_grad_(True)
+    loss = get_loss(name, **params)
+
+    def f(policy, reference):
+        return loss(SequenceLogps(policy, reference, logps.scores, logps.mask, logps.lengths)).loss
+
+    assert torch.autograd.gradcheck(f, (policy, reference), eps=1e-6, atol=1e-7)
+
+
+def test_gradcheck_ld_dpo_through_the_token_log_probs():
+    logps = pair_with_tokens()
+    tokens = logps.tokens
+    loss = get_loss("dpo", beta=1.0, ld_alpha=0.3)
+
+    def f(policy_tokens, reference_tokens):
+        t = TokenLogps(policy_tokens, reference_tokens, None, tokens.mask)
+        return loss(
+            SequenceLogps(
+                policy_tokens.sum(-1), reference_tokens.sum(-1), logps.scores, logps.mask, logps.lengths, tokens=t
+            )
+        ).loss
+
+    reference = tokens.reference.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(f, (tokens.policy, reference), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", NEW)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("margin", [1e4, -1e4])
+def test_finite_at_extreme_margins(name, dtype, margin):
+    logps = batch(
+        policy=[[margin / 2, -margin / 2, 0.0]],
+        reference=[[0.0, 0.0, 0.0]],
+        scores=[[2.0, 0.0, 1.0]],
+        lengths=[[1, 1, 1]],
+        dtype=dtype,
+    )
+    for params in ({}, {"beta": 1.0} if "beta" in loss_class(name).parameters() else {}):
+        out = get_loss(name, **params)(logps)
+        (grad,) = torch.autograd.grad(out.loss, logps.policy)
+        assert torch.isfinite(out.loss), (name, params)
+        assert torch.isfinite(grad).all(), (name, params)
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_every_new_loss_names_its_paper_and_formula_and_has_typed_defaults(name):
+    cls = loss_class(name)
+    assert cls.paper and cls.formula and cls.__doc__
+    assert cls.needs_reference == (name not in REFERENCE_FREE)
+    for key, default in cls.parameters().items():
+        assert key in cls.__annotations__ or any(
+            key in base.__dict__.get("__annotations__", {}) for base in cls.__mro__
+        )
+        assert default is None or isinstance(default, (int, float, str, bool)), (key, default)
+
+
+@pytest.mark.parametrize(
+    "name, params, message",
+    [
+        ("exo_pair", {"epsilon": 0.0}, r"0 < epsilon < 0\.5"),
+        ("dpo", {"f_divergence": "kl"}, "f_divergence must be one of 'reverse_kl'"),
+        ("dpo", {"ld_alpha": 1.5}, r"0 <= ld_alpha <= 1"),
+        ("simpo", {"gamma": -1.0}, "gamma >= 0"),
+        ("discopop", {"tau": 0.0}, "tau > 0"),
+    ],
+)
+def test_parameter_ranges(name, params, message):
+    from alignment.losses import LossParameterError
+
+    with pytest.raises(LossParameterError, match=message):
+        get_loss(name, **params)
