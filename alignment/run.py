@@ -128,7 +128,9 @@ def build_trainer(config: Config, training_args):
         return build_reward_trainer(config, training_args, tokenizer)
     with training_args.main_process_first(desc="preprocessing the data"):
         if config.online is None:
-            data = build_datasets(config.data, tokenizer, require_order=True)  # logs its report
+            data = build_datasets(
+                config.data, tokenizer, require_order=True, unpaired=config.loss_fn.accepts_unpaired
+            )  # logs its report
         else:
             data = build_prompt_datasets(config.data, tokenizer)
 

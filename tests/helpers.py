@@ -61,11 +61,12 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def tokenized(rows: list[dict], tmp_path: Path, **data_kwargs):
-    """Rows -> tokenized dataset through the real pipeline (file source, adapters, map)."""
+def tokenized(rows: list[dict], tmp_path: Path, unpaired: bool = False, **data_kwargs):
+    """Rows -> tokenized dataset through the real pipeline (file source, adapters, map);
+    `unpaired` admits single-completion rows, as for KTO."""
     path = write_jsonl(tmp_path / "rows.jsonl", rows)
     cfg = DataConfig(train=[SourceConfig(path=str(path))], **data_kwargs)
-    return build_datasets(cfg, tiny_tokenizer()).train
+    return build_datasets(cfg, tiny_tokenizer(), unpaired=unpaired).train
 
 
 def collate(dataset) -> dict[str, torch.Tensor]:

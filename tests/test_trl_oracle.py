@@ -161,3 +161,20 @@ def test_orpo_odds_ratio_term_matches_trl_orpotrainer_and_its_nll_is_the_complet
     nll = -logps.policy.gather(1, chosen[:, None]).sum() / logps.lengths.gather(1, chosen[:, None]).sum()
     assert out.metrics["loss/nll"].item() == float32_approx(nll.item())
     assert out.loss.item() == pytest.approx(out.metrics["loss/preference"].item() + nll.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("alpha", [0.6, 1.0])
+def test_reference_update_is_trl_sync_ref_model(alpha):
+    """TR-DPO through `reference.update`: one soft (0.6, TRL's default mixup) or hard (1.0)
+    update gives TRL's SyncRefModelCallback's reference, parameter for parameter."""
+    from trl.trainer.callbacks import SyncRefModelCallback
+
+    from alignment.reference.updates import mix_into
+
+    policy = tiny_model(seed=0)
+    ours, theirs = tiny_model(seed=1), tiny_model(seed=1)
+    mix_into(ours, policy, alpha)
+    SyncRefModelCallback.sync_target_model(policy, theirs, alpha)
+    for (name, a), (_, b) in zip(ours.named_parameters(), theirs.named_parameters(), strict=True):
+        assert torch.equal(a, b), name
+    assert not torch.equal(ours.lm_head.weight, tiny_model(seed=1).lm_head.weight)

@@ -178,3 +178,15 @@ def check_quantization(quantization: QuantizationConfig | None, lora: LoraConfig
             "quantization: quantized weights cannot be fully fine-tuned; add a `lora:` section (QLoRA) "
             "or remove `quantization:`"
         )
+
+
+def check_mismatched_batch(loss: PreferenceLoss, training: dict) -> None:
+    """KTO's KL baseline pairs each completion with another list's prompt from the same
+    batch: a batch of one list has no other prompt, and the estimate would be the
+    matched log-ratio itself."""
+    size = training.get("per_device_train_batch_size", 8)
+    if loss.needs_mismatched and isinstance(size, int) and size < 2:
+        raise ConfigError(
+            f"training.per_device_train_batch_size is {size}, but loss {loss.name} estimates its KL baseline from "
+            "mismatched prompt-completion pairs within a batch, which needs at least 2 rows per batch"
+        )

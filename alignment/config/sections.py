@@ -28,6 +28,9 @@ COLUMN_NAMES = (
     "ranks",
     "instruction",
     "conversations",
+    "completion",
+    "label",
+    "messages",
     "system",
     "tools",
     "margin",
@@ -84,7 +87,9 @@ class SourceConfig:
     name: str | None = None
     revision: str | None = None
     fraction: float = 1.0
-    layout: Literal["auto", "pairwise", "ranked", "ultrafeedback", "sharegpt", "hh", "prompt"] = "auto"
+    layout: Literal[
+        "auto", "pairwise", "ranked", "ultrafeedback", "sharegpt", "hh", "unpaired", "unpaired_messages", "prompt"
+    ] = "auto"
     # {our column name: the dataset's}, e.g. {prompt: question, chosen: response_j, rejected: response_k}
     columns: dict[str, str] | None = None
     system: str | None = None  # a system prompt for this source's rows whose prompt has none

@@ -11,6 +11,14 @@ These layouts cover the common preference datasets:
   messages), `chosen` and `rejected` (a message or a list), optional `system` and `tools`.
 - `hh`: Anthropic HH: `chosen` and `rejected` as whole `\n\nHuman: ... \n\nAssistant: ...`
   transcripts; the turns they share are the prompt.
+- `unpaired`: TRL's unpaired preference layout (KTO): `prompt`, `completion` and a
+  boolean `label` (desirable or not), strings or chat messages.
+- `unpaired_messages`: LLaMA-Factory's KTO layout: `messages` (a conversation whose
+  last turn is the assistant's, {role, content} or ShareGPT {from, value} messages) and
+  `label`.
+
+An unpaired row becomes a list of one completion with score 1.0 (desirable) or 0.0
+(undesirable); only losses that learn from such rows (`accepts_unpaired`: kto) take them.
 
 In every conversational layout the prompt is the history and only the final assistant
 turn (the part where chosen and rejected differ) is trained.
@@ -46,7 +54,8 @@ from alignment.data.fields import (
     text,
 )
 
-Layout = Literal["pairwise", "ranked", "ultrafeedback", "sharegpt", "hh", "prompt"]
+Layout = Literal["pairwise", "ranked", "ultrafeedback", "sharegpt", "hh", "unpaired", "unpaired_messages", "prompt"]
+UNPAIRED_LAYOUTS = ("unpaired", "unpaired_messages")
 
 LAYOUT_COLUMNS: dict[str, str] = {
     "pairwise": "chosen, rejected (optional: prompt, score_chosen, score_rejected)",
@@ -54,6 +63,8 @@ LAYOUT_COLUMNS: dict[str, str] = {
     "hh": "chosen, rejected as '\\n\\nHuman: ... \\n\\nAssistant: ...' transcripts",
     "ranked": "prompt, completions, and scores or ranks",
     "ultrafeedback": "instruction or prompt, completions (records with response and overall_score or annotations)",
+    "unpaired": "prompt, completion, label (true: desirable; KTO)",
+    "unpaired_messages": "messages ending in the assistant's turn, label (LLaMA-Factory's KTO layout)",
     "prompt": "prompt only (online training)",
 }
 
@@ -71,6 +82,10 @@ def detect_layout(columns: Iterable[str], first_row: Mapping[str, Any] | None = 
         return "ranked"
     if "completions" in cols and cols & {"instruction", "prompt"}:
         return "ultrafeedback"
+    if {"prompt", "completion", "label"} <= cols:
+        return "unpaired"
+    if {"messages", "label"} <= cols:
+        return "unpaired_messages"
     if "prompt" in cols and not cols & {"chosen", "rejected", "completions"}:
         return "prompt"
     expected = "; ".join(f"{name}: {needs}" for name, needs in LAYOUT_COLUMNS.items())
@@ -110,7 +125,7 @@ def adapt_row(
         example, names = LAYOUT_READERS[layout](row)
         if system:
             example = _with_system(example, system)
-        _check(example, names, require_order)
+        _check(example, names, require_order, minimum=1 if layout in UNPAIRED_LAYOUTS else 2)
         _reward_model_fields(example, row)
     except RowProblem as problem:
         raise BadRowError(source, index, problem.reason, problem.detail) from None
@@ -163,6 +178,43 @@ def _pairwise(row: Mapping[str, Any]) -> tuple[PreferenceExample, list[str]]:
     else:
         scores = [1.0, 0.0]
     return PreferenceExample(prompt, completions, scores), ["chosen", "rejected"]
+
+
+def _label(row: Mapping[str, Any]) -> float:
+    """An unpaired row's `label` as its score: true (or 1) is 1.0, false (or 0) is 0.0."""
+    value = get(row, "label")
+    if isinstance(value, bool) or value in (0, 1):
+        return float(value)
+    raise RowProblem(WRONG_TYPE, f"column 'label' should be true or false (desirable or not), got {value!r}")
+
+
+def _unpaired(row: Mapping[str, Any]) -> tuple[PreferenceExample, list[str]]:
+    prompt = text(get(row, "prompt"), "prompt")
+    completion = text(get(row, "completion"), "completion")
+    if isinstance(prompt, list) != isinstance(completion, list):
+        raise RowProblem(
+            WRONG_TYPE, "columns 'prompt' and 'completion' should both be strings or both be message lists"
+        )
+    return PreferenceExample(prompt, [completion], [_label(row)]), ["completion"]
+
+
+def _unpaired_messages(row: Mapping[str, Any]) -> tuple[PreferenceExample, list[str]]:
+    value = get(row, "messages")
+    first = value[0] if isinstance(value, list) and value else None
+    if isinstance(first, Mapping) and "from" in first:
+        messages = _converted(sharegpt_messages, row, "messages")
+    else:
+        messages = text(value, "messages")
+        if isinstance(messages, str):
+            raise RowProblem(WRONG_TYPE, "column 'messages' should be a list of messages, got a string")
+    if not messages or messages[-1]["role"] != "assistant":
+        last = messages[-1]["role"] if messages else "nothing"
+        raise RowProblem(
+            WRONG_TYPE, f"column 'messages' should end with the assistant's turn (the completion), ends with {last}"
+        )
+    if len(messages) == 1:
+        raise RowProblem(EMPTY_PROMPT, "column 'messages' holds only the assistant's turn; the prompt is missing")
+    return PreferenceExample(messages[:-1], [messages[-1:]], [_label(row)]), ["messages"]
 
 
 def _sharegpt(row: Mapping[str, Any]) -> tuple[PreferenceExample, list[str]]:
@@ -284,6 +336,8 @@ LAYOUT_READERS = {
     "ultrafeedback": _ultrafeedback,
     "sharegpt": _sharegpt,
     "hh": _hh,
+    "unpaired": _unpaired,
+    "unpaired_messages": _unpaired_messages,
 }
 
 
@@ -357,11 +411,11 @@ def _check_prompt(prompt: Text) -> None:
         raise RowProblem(EMPTY_PROMPT, "the prompt messages are empty")
 
 
-def _check(example: PreferenceExample, names: list[str], require_order: bool) -> None:
+def _check(example: PreferenceExample, names: list[str], require_order: bool, minimum: int = 2) -> None:
     _check_prompt(example.prompt)
     k = len(example.completions)
     column = "chosen/rejected" if names[:1] == ["chosen"] else "completions"
-    if k < 2:
+    if k < minimum:
         raise RowProblem(TOO_FEW_COMPLETIONS, f"column '{column}' has {k} completion(s); at least 2 are needed")
     if len(example.scores) != k:
         raise RowProblem(
@@ -370,7 +424,7 @@ def _check(example: PreferenceExample, names: list[str], require_order: bool) ->
     for name, completion in zip(names, example.completions, strict=True):
         if _is_empty(completion):
             raise RowProblem(EMPTY_COMPLETION, f"column '{name}' is empty")
-    if not require_order:
+    if not require_order or k == 1:  # an unpaired row's label is its whole lesson
         return
     # Two identical completions have identical log-ratios, so a pair of them carries no
     # signal whatever their scores: equal scores are a tie, unequal ones contradict.

@@ -30,7 +30,7 @@ from alignment.data import fields as fields_module
 from alignment.data import rows as rows_module
 from alignment.data import sources as sources_module
 from alignment.data import tokenize as tokenize_module
-from alignment.data.adapters import adapt_row, detect_layout, renamed
+from alignment.data.adapters import LAYOUT_COLUMNS, UNPAIRED_LAYOUTS, adapt_row, detect_layout, renamed
 from alignment.data.example import BadRowError, DataError
 from alignment.data.rows import BOOKKEEPING_COLUMNS, BOOKKEEPING_FEATURES, ROW_INDEX, code_version, map_rows
 from alignment.data.sources import RawSource, load_source, mix, row_dicts, source_label, take_fraction
@@ -152,7 +152,7 @@ class PreparedData:
     report: DataReport
 
 
-def build_datasets(cfg: DataConfig, tokenizer: Any, require_order: bool = True) -> PreparedData:
+def build_datasets(cfg: DataConfig, tokenizer: Any, require_order: bool = True, unpaired: bool = False) -> PreparedData:
     """Load, adapt, check, mix and tokenize the recipe's data, and log the report.
 
     Per source: rows -> PreferenceExample (bad rows raise or are counted, per
@@ -161,13 +161,15 @@ def build_datasets(cfg: DataConfig, tokenizer: Any, require_order: bool = True) 
     `test_size` is split off the training mixture.
 
     `require_order`: rows whose scores are all equal are bad (losses that learn from an
-    order have nothing to learn from them)."""
+    order have nothing to learn from them). `unpaired`: the loss learns from unpaired
+    rows (one completion and a desirable label, e.g. KTO); without it an unpaired
+    source is an error."""
     chat_template = resolve_chat_template(cfg.chat_template)
     reports: list[SourceReport] = []
-    train = _prepare_split(cfg.train, "train", cfg, tokenizer, chat_template, require_order, reports)
+    train = _prepare_split(cfg.train, "train", cfg, tokenizer, chat_template, require_order, unpaired, reports)
     test = None
     if cfg.test:
-        test = _prepare_split(cfg.test, "test", cfg, tokenizer, chat_template, require_order, reports)
+        test = _prepare_split(cfg.test, "test", cfg, tokenizer, chat_template, require_order, unpaired, reports)
         if cfg.test_size > 0:
             logger.warning("data.test_size=%s is ignored: data.test gives the test sources", cfg.test_size)
     elif cfg.test_size > 0:
@@ -191,11 +193,12 @@ def _prepare_split(
     tokenizer: Any,
     chat_template: str | None,
     require_order: bool,
+    unpaired: bool,
     reports: list[SourceReport],
 ) -> datasets.Dataset:
     parts = []
     for src in sources:
-        dataset, report = _prepare_source(src, split, cfg, tokenizer, chat_template, require_order)
+        dataset, report = _prepare_source(src, split, cfg, tokenizer, chat_template, require_order, unpaired)
         parts.append(dataset)
         reports.append(report)
     mixed = mix(parts, cfg.seed)
@@ -205,7 +208,13 @@ def _prepare_split(
 
 
 def _prepare_source(
-    src: SourceConfig, split: str, cfg: DataConfig, tokenizer: Any, chat_template: str | None, require_order: bool
+    src: SourceConfig,
+    split: str,
+    cfg: DataConfig,
+    tokenizer: Any,
+    chat_template: str | None,
+    require_order: bool,
+    unpaired: bool = False,
 ) -> tuple[datasets.Dataset, SourceReport]:
     label = source_label(src)
     raw = load_source(src)
@@ -214,6 +223,12 @@ def _prepare_source(
         raise DataError(
             f"data source {label}: it holds prompts only (no chosen/rejected or completions); prompt-only data is "
             "for online training -- add an `online:` section to the recipe, or use preference data"
+        )
+    if layout in UNPAIRED_LAYOUTS and not unpaired:
+        raise DataError(
+            f"data source {label}: it is unpaired ({LAYOUT_COLUMNS[layout]}): one completion per prompt with a "
+            "desirable label, no pair to compare; the recipe's loss learns from pairs or lists. Train it with "
+            "`loss: {name: kto}`, or give paired data"
         )
     report = SourceReport(source=label, split=split, layout=layout, rows_loaded=len(raw))
     adapt = {"layout": layout, "require_order": require_order, "system": src.system}

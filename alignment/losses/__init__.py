@@ -7,6 +7,7 @@ from alignment.losses import (  # noqa: F401  (registration)
     anchored,
     copg,
     distributional,
+    kto,
     listwise,
     margin_variants,
     online,

@@ -58,6 +58,8 @@ class SequenceLogps:
     log-odds of beating the others; `pair_logits` [B, K, K] then holds the preference
     model's logit of P(y_i > y_j) read in that order. `margins` [B] is the data's
     per-row reward margin (0 when the data has none) and `latent` a VPL posterior.
+    `kl_baseline` (a scalar) is KTO's estimate of KL(policy || reference): the mean
+    log-ratio of the batch's completions each under another list's prompt.
     """
 
     policy: Tensor
@@ -70,6 +72,7 @@ class SequenceLogps:
     margins: Tensor | None = None
     pair_logits: Tensor | None = None
     latent: LatentPosterior | None = None
+    kl_baseline: Tensor | None = None
 
     def logratios(self) -> Tensor:
         """policy - reference (policy alone when there is no reference)."""
@@ -120,6 +123,7 @@ class SequenceLogps:
             margins=self.margins,
             pair_logits=pair_logits,
             latent=self.latent,
+            kl_baseline=self.kl_baseline,
         )
 
 

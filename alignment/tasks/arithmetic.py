@@ -74,11 +74,20 @@ def junk_pair_row(rng: random.Random) -> dict:
     return {"prompt": prompt, "chosen": str(rng.choice(candidates(truth))), "rejected": junk}
 
 
+def unpaired_row(rng: random.Random) -> dict:
+    """One side of a fresh pair, with its label: the closer answer is desirable (KTO)."""
+    pair = pair_row(rng)
+    desirable = rng.random() < 0.5
+    completion = pair["chosen"] if desirable else pair["rejected"]
+    return {"prompt": pair["prompt"], "completion": completion, "label": desirable}
+
+
 def write_data(directory: Path) -> None:
     """data/pairs_{train,test}.jsonl (pairwise: chosen is the closer answer) and
-    data/lists_{train,test}.jsonl (K = 4 scored lists; equal distances tie), and
-    data/junk_pairs_train.jsonl (an answer over no answer). Train and test use different
-    random streams: the test rows are fresh pairs and lists."""
+    data/lists_{train,test}.jsonl (K = 4 scored lists; equal distances tie),
+    data/junk_pairs_train.jsonl (an answer over no answer) and
+    data/unpaired_train.jsonl (one answer per prompt, labelled desirable or not). Train
+    and test use different random streams: the test rows are fresh pairs and lists."""
     directory.mkdir(exist_ok=True)
     for split, n in SIZES.items():
         for kind, make in (("pairs", pair_row), ("lists", list_row)):
@@ -95,6 +104,13 @@ def write_data(directory: Path) -> None:
         for _ in range(2000):
             f.write(json.dumps(junk_pair_row(rng)) + "\n")
     print(f"wrote 2000 rows to {path}")
+    # KTO's unpaired training rows (recipes/tiny/kto_unpaired.yaml).
+    rng = random.Random("unpaired-0")
+    path = directory / "unpaired_train.jsonl"
+    with path.open("w") as f:
+        for _ in range(SIZES["train"]):
+            f.write(json.dumps(unpaired_row(rng)) + "\n")
+    print(f"wrote {SIZES['train']} rows to {path}")
 
 
 def true_sum(prompt: str | list[dict[str, str]]) -> int:

@@ -62,7 +62,7 @@ def report(config: Config) -> tuple[list[str], int]:
     counting = dataclasses.replace(config.data, bad_rows="skip")  # count every bad row instead of stopping
     try:
         if config.online is None:
-            data = build_datasets(counting, tokenizer, require_order=True)
+            data = build_datasets(counting, tokenizer, require_order=True, unpaired=config.loss_fn.accepts_unpaired)
         else:
             data = build_prompt_datasets(counting, tokenizer)
     except NoUsableRows as err:  # every row was bad: the reasons are the report

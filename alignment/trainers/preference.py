@@ -173,6 +173,8 @@ class PreferenceTrainer(Trainer):
             mask = inputs["completion_attention_mask"].bool()
             tokens = TokenLogps(policy=policy, reference=reference, old_policy=old_policy, mask=mask)
             policy, reference = policy.sum(-1), None if reference is None else reference.sum(-1)
+        if self.loss_fn.needs_mismatched:
+            extra["kl_baseline"] = self.kl_baseline(model, inputs)
         return SequenceLogps(
             policy=policy,
             reference=reference,
@@ -182,6 +184,21 @@ class PreferenceTrainer(Trainer):
             tokens=tokens,
             **extra,
         )
+
+    @torch.no_grad()
+    def kl_baseline(self, model: nn.Module, inputs: Mapping[str, Tensor]) -> Tensor:
+        """KTO's KL estimate: the mean log-ratio of every completion under the next list's
+        prompt (the pairs TRL's rotation of completions makes), over all processes. The
+        reference is a live one here (the config refuses precomputed log-probs)."""
+        shifted = {key: value for key, value in inputs.items() if key != "reference_logps"}
+        for key in ("prompt_input_ids", "prompt_attention_mask"):
+            shifted[key] = inputs[key].roll(-1, dims=0)
+        logratios = self._logps(model, shifted) - self.reference.logps(model, shifted, self._logps)
+        mask = inputs["mask"].to(logratios.dtype)
+        totals = torch.stack([(logratios * mask).sum(), mask.sum()])
+        if self.accelerator.num_processes > 1:
+            totals = self.accelerator.reduce(totals, "sum")
+        return totals[0] / totals[1].clamp(min=1)
 
     def compute_loss(
         self, model: nn.Module, inputs: dict[str, Tensor], return_outputs: bool = False, num_items_in_batch=None
