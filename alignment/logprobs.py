@@ -66,14 +66,15 @@ def token_logps(logits: Tensor, input_ids: Tensor) -> Tensor:
     return logits.gather(-1, targets).squeeze(-1) - logits.logsumexp(-1)
 
 
-def baseline_logps(
-    model: nn.Module, batch: Mapping[str, Tensor], chunk_size: int | None = None, per_token: bool = False
-) -> Tensor:
-    """Each real (prompt, completion) as its own row, one forward: [B, K] summed
-    completion log-probs (0 for padded items), or [B, K, C] per token with `per_token`."""
-    input_ids, attention_mask, in_completion, index = concatenated_rows(batch)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    per_row = token_logps(logits, input_ids) * in_completion[:, 1:]
+def log_sum_squared_probs(logits: Tensor) -> Tensor:
+    """log sum_v p_v^2 of softmax(logits) over the last axis, without gradient (WPO)."""
+    with torch.no_grad():
+        logits = logits.float()
+        return (2 * logits).logsumexp(-1) - 2 * logits.logsumexp(-1)
+
+
+def _per_item(per_row: Tensor, batch: Mapping[str, Tensor], in_completion: Tensor, index: Tensor, per_token: bool):
+    """Row-aligned token values [N, L-1] -> [B, K] sums, or [B, K, C] per token."""
     b, k = index[:, 0], index[:, 1]
     if per_token:
         # Row position j + 1 holds completion token j + 1 - prompt_len.
@@ -84,6 +85,26 @@ def baseline_logps(
     sums = per_row.sum(-1)
     out = torch.zeros(batch["mask"].shape, dtype=sums.dtype, device=sums.device)
     return out.index_put((b, k), sums)
+
+
+def baseline_logps(
+    model: nn.Module,
+    batch: Mapping[str, Tensor],
+    chunk_size: int | None = None,
+    per_token: bool = False,
+    wpo: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Each real (prompt, completion) as its own row, one forward: [B, K] summed
+    completion log-probs (0 for padded items), or [B, K, C] per token with `per_token`;
+    with `wpo` also the [B, K] sums of log p(y_t) - log sum_v p_v^2 (no gradient)."""
+    input_ids, attention_mask, in_completion, index = concatenated_rows(batch)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    per_row = token_logps(logits, input_ids) * in_completion[:, 1:]
+    logps = _per_item(per_row, batch, in_completion, index, per_token)
+    if not wpo:
+        return logps
+    aligned = (per_row.detach() - log_sum_squared_probs(logits[:, :-1])) * in_completion[:, 1:]
+    return logps, _per_item(aligned, batch, in_completion, index, per_token=False)
 
 
 # ----------------------------------------------------------------------------- chunked LM head
@@ -147,9 +168,15 @@ class Layout:
 
 
 def _completion_logps(
-    model: nn.Module, layout: Layout, shape: torch.Size, chunk_size: int | None, per_token_width: int | None = None
-) -> Tensor:
+    model: nn.Module,
+    layout: Layout,
+    shape: torch.Size,
+    chunk_size: int | None,
+    per_token_width: int | None = None,
+    wpo: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     head = _output_head(model)
+    squared = None
     kwargs = {"input_ids": layout.input_ids, "position_ids": layout.position_ids, "use_cache": False}
     if layout.attention_mask is not None:
         kwargs["attention_mask"] = layout.attention_mask
@@ -158,14 +185,27 @@ def _completion_logps(
         out = model(**kwargs, output_hidden_states=True, logits_to_keep=1)
         hidden = out.hidden_states[-1][layout.rows, layout.positions]
         logps = chunked_token_logps(hidden, layout.targets, head, chunk_size)
+        if wpo:  # one more pass of the head, chunk by chunk, without gradient
+            step = chunk_size or hidden.size(0)
+            with torch.no_grad():
+                squared = torch.cat(
+                    [log_sum_squared_probs(head(hidden[i : i + step])) for i in range(0, hidden.size(0), step)]
+                )
     else:
         logits = model(**kwargs).logits[layout.rows, layout.positions].float()
         logps = logits.gather(-1, layout.targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
+        if wpo:
+            squared = log_sum_squared_probs(logits)
     if per_token_width is not None:
         out = torch.zeros((*shape, per_token_width), dtype=logps.dtype, device=logps.device)
-        return out.index_put((layout.owner_b, layout.owner_k, layout.owner_t), logps)
-    out = torch.zeros(shape, dtype=logps.dtype, device=logps.device)
-    return out.index_put((layout.owner_b, layout.owner_k), logps, accumulate=True)
+        out = out.index_put((layout.owner_b, layout.owner_k, layout.owner_t), logps)
+    else:
+        out = torch.zeros(shape, dtype=logps.dtype, device=logps.device)
+        out = out.index_put((layout.owner_b, layout.owner_k), logps, accumulate=True)
+    if squared is None:
+        return out
+    aligned = torch.zeros(shape, dtype=logps.dtype, device=logps.device)
+    return out, aligned.index_put((layout.owner_b, layout.owner_k), logps.detach() - squared, accumulate=True)
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -305,17 +345,19 @@ def sequence_logps(
     strategy: str = "baseline",
     chunk_size: int | None = 1024,
     per_token: bool = False,
-) -> Tensor:
+    wpo: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Summed completion log-probs [B, K] of `model` on a collated preference batch
     (0 for padded items), or with `per_token` the log-prob of each completion token
     [B, K, C] (0 past a completion's end). `chunk_size`: LM-head chunk in tokens (None:
-    one chunk)."""
+    one chunk). With `wpo`, a pair (log-probs, [B, K] sums over each completion of
+    log p(y_t) - log sum_v p(v)^2, without gradient): WPO's weights."""
     strategy = resolve_strategy(model, strategy)
     if strategy == "baseline":
-        return baseline_logps(model, batch, per_token=per_token)
+        return baseline_logps(model, batch, per_token=per_token, wpo=wpo)
     if strategy == "packed":
         layout = packed_layout(batch)
     else:
         layout = shared_prompt_layout(batch, _model_dtype(model))
     width = batch["completion_input_ids"].size(2) if per_token else None
-    return _completion_logps(model, layout, batch["mask"].shape, chunk_size, width)
+    return _completion_logps(model, layout, batch["mask"].shape, chunk_size, width, wpo)

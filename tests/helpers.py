@@ -99,9 +99,10 @@ def trl_dpo_trainer(policy, reference, rows: list[dict], tokenizer, output_dir: 
     return DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=dataset, processing_class=tokenizer)
 
 
-def batch_logps(policy, reference, batch: dict[str, torch.Tensor], per_token: bool = False):
+def batch_logps(policy, reference, batch: dict[str, torch.Tensor], per_token: bool = False, wpo: bool = False):
     """Our loss input for a collated batch, through `sequence_logps` (no grad); with
-    `per_token`, the per-token log-probs too (for losses that read them)."""
+    `per_token`, the per-token log-probs too, with `wpo` WPO's log weights (for losses
+    that read them)."""
     from alignment.logprobs import sequence_logps
     from alignment.losses import SequenceLogps
     from alignment.losses.base import TokenLogps
@@ -115,6 +116,10 @@ def batch_logps(policy, reference, batch: dict[str, torch.Tensor], per_token: bo
                 old_policy=None,
                 mask=batch["completion_attention_mask"].bool(),
             )
+        wpo_log_weights = None
+        if wpo:
+            _, aligned = sequence_logps(policy, batch, wpo=True)
+            wpo_log_weights = aligned / batch["lengths"].clamp(min=1)
         return SequenceLogps(
             policy=sequence_logps(policy, batch),
             reference=sequence_logps(reference, batch),
@@ -122,4 +127,5 @@ def batch_logps(policy, reference, batch: dict[str, torch.Tensor], per_token: bo
             mask=batch["mask"],
             lengths=batch["lengths"],
             tokens=tokens,
+            wpo_log_weights=wpo_log_weights,
         )

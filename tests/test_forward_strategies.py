@@ -87,6 +87,31 @@ def test_strategy_matches_baseline_with_lora(batches, strategy):
     assert_grads_close(grads, base_grads, ulps=32)
 
 
+@pytest.mark.parametrize("kind", ["pairs", "lists"])
+@pytest.mark.parametrize("strategy", OTHERS)
+def test_wpo_weights_match_the_baseline_and_carry_no_gradient(batches, kind, strategy):
+    """sum_t log p(y_t) - log sum_v p(v)^2 per completion, the same under every strategy,
+    and by hand from the baseline's full logits."""
+    from alignment.logprobs import concatenated_rows
+
+    batch = batches[kind]
+    model = model_with("sdpa")
+    base_logps, base_aligned = sequence_logps(model, batch, "baseline", wpo=True)
+    logps, aligned = sequence_logps(model, batch, strategy, chunk_size=5, wpo=True)
+    assert_float32_close(logps, base_logps, ulps=1)
+    # each token's term is the difference of two values near log(vocab) = 4.6, whose float32
+    # rounding (~5e-7 each) does not shrink with the small difference: an absolute bound
+    torch.testing.assert_close(aligned, base_aligned, rtol=0, atol=4e-6)
+    assert not aligned.requires_grad and logps.requires_grad
+    assert (aligned[~batch["mask"]] == 0).all()
+    input_ids, attention_mask, in_completion, index = concatenated_rows(batch)
+    with torch.no_grad():
+        probs = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float().softmax(-1)
+        p_next = probs.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+        by_hand = ((p_next.log() - probs.pow(2).sum(-1).log()) * in_completion[:, 1:]).sum(-1)
+    torch.testing.assert_close(aligned[index[:, 0], index[:, 1]], by_hand, rtol=1e-5, atol=1e-5)
+
+
 def test_chunked_head_never_saves_the_batch_logits(batches):
     """Logit-shaped tensors ([..., vocab]) that autograd keeps for backward: with chunks
     of 4 tokens none holds more than 4 rows; the baseline keeps every row's logits."""

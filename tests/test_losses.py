@@ -320,7 +320,7 @@ def test_no_valid_pair_gives_zero_loss_with_a_grad_path(name):
 
 def test_registry_lists_every_loss_with_paper_defaults():
     assert set(ALL_LOSSES) <= set(available_losses())
-    pairwise = {"pairs": "best_vs_worst", "ld_alpha": None}
+    pairwise = {"pairs": "best_vs_worst", "ld_alpha": None, "wpo": False}
     margin = {**pairwise, "f_divergence": "reverse_kl", "f_alpha": 0.5}
     assert loss_class("dpo").parameters() == {**margin, "beta": 0.1, "label_smoothing": 0.0}
     assert loss_class("ipo").parameters() == {**margin, "tau": 0.1, "length_normalize": True}

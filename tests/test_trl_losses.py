@@ -261,3 +261,16 @@ def test_parameter_ranges(name, params, message):
 
     with pytest.raises(LossParameterError, match=message):
         get_loss(name, **params)
+
+
+def test_wpo_weights_each_pair_by_its_two_completions_without_gradient():
+    logps = batch(**PAIR)
+    logps.wpo_log_weights = torch.tensor([[-0.2, 0.5]], dtype=torch.float64, requires_grad=True)
+    out = get_loss("dpo", wpo=True)(logps)
+    assert out.loss.item() == pytest.approx(L(0.15) * math.exp(-0.2 + 0.5), rel=1e-12)
+    (grad_policy, grad_weights) = torch.autograd.grad(
+        out.loss, (logps.policy, logps.wpo_log_weights), allow_unused=True
+    )
+    assert grad_weights is None  # the weights are constants of the step, as in the paper
+    assert grad_policy[0, 0].item() == pytest.approx(-0.1 * sigma(-0.15) * math.exp(0.3), rel=1e-12)
+    assert get_loss("dpo", wpo=True).needs_wpo_weights and not get_loss("dpo").needs_wpo_weights

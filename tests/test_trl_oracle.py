@@ -54,6 +54,11 @@ CASES = [
     # LD-DPO: the completions "9" and "10" differ in length, so the tail weight matters
     ("dpo", {"ld_alpha": 0.3}, "sigmoid", {"ld_alpha": 0.3}),
     ("apo_zero", {"ld_alpha": 0.5}, "apo_zero", {"ld_alpha": 0.5}),
+    # WPO: each pair weighted by the policy's own probability of its two completions
+    ("dpo", {"wpo": True}, "sigmoid", {"use_weighting": True}),
+    ("ipo", {"wpo": True}, "ipo", {"use_weighting": True}),
+    ("nca_pair", {"wpo": True, "beta": 0.5}, "nca_pair", {"use_weighting": True, "beta": 0.5}),
+    ("dpo", {"wpo": True, "ld_alpha": 0.5}, "sigmoid", {"use_weighting": True, "ld_alpha": 0.5}),
 ]
 
 
@@ -77,7 +82,7 @@ def our_loss(rows, name, params, tmp_path) -> tuple[float, float]:
     policy, reference = tiny_model(seed=0).eval(), tiny_model(seed=1).eval()
     batch = collate(tokenized(rows, tmp_path, max_length=None, max_prompt_length=None))
     loss = get_loss(name, **params)
-    logps = batch_logps(policy, reference, batch, per_token=loss.needs_tokens)
+    logps = batch_logps(policy, reference, batch, per_token=loss.needs_tokens, wpo=loss.needs_wpo_weights)
     with torch.no_grad():
         out = loss(logps)
     return out.loss.item(), get_loss("dpo")(logps).loss.item()
@@ -178,3 +183,32 @@ def test_reference_update_is_trl_sync_ref_model(alpha):
     for (name, a), (_, b) in zip(ours.named_parameters(), theirs.named_parameters(), strict=True):
         assert torch.equal(a, b), name
     assert not torch.equal(ours.lm_head.weight, tiny_model(seed=1).lm_head.weight)
+
+
+@pytest.mark.parametrize(
+    "params, kwargs",
+    [
+        ({"wpo": True, "ld_alpha": 0.5}, {"use_weighting": True, "ld_alpha": 0.5}),
+        ({"ld_alpha": 0.2}, {"ld_alpha": 0.2}),
+    ],
+)
+@pytest.mark.parametrize("forward", ["baseline", "shared_prompt", "packed"])
+def test_trainer_path_with_token_options_matches_trl(rows, params, kwargs, forward, tmp_path):
+    """LD-DPO and WPO through PreferenceTrainer.compute_loss (the per-token and weighted
+    forwards of each strategy), against TRL's DPOTrainer."""
+    from alignment.trainers import PreferenceTrainer
+    from alignment.trainers.arguments import AlignmentTrainingArguments
+
+    trainer = PreferenceTrainer(
+        model=tiny_model(seed=0).eval(),
+        args=AlignmentTrainingArguments(
+            output_dir=str(tmp_path / "ours"), use_cpu=True, report_to="none", forward=forward
+        ),
+        loss_fn=get_loss("dpo", **params),
+        ref_model=tiny_model(seed=1).eval(),
+        processing_class=tiny_tokenizer(),
+    )
+    batch = collate(tokenized(rows, tmp_path, max_length=None, max_prompt_length=None))
+    with torch.no_grad():
+        ours = trainer.compute_loss(trainer.model, batch).item()
+    assert ours == float32_approx(trl_loss(rows, "sigmoid", kwargs, tmp_path), ulps=8)

@@ -60,6 +60,8 @@ class SequenceLogps:
     per-row reward margin (0 when the data has none) and `latent` a VPL posterior.
     `kl_baseline` (a scalar) is KTO's estimate of KL(policy || reference): the mean
     log-ratio of the batch's completions each under another list's prompt.
+    `wpo_log_weights` [B, K] (no gradient) is WPO's log weight of each completion under
+    the policy, (1/|y|) sum_t [log p(y_t) - log sum_v p(v)^2].
     """
 
     policy: Tensor
@@ -73,6 +75,7 @@ class SequenceLogps:
     pair_logits: Tensor | None = None
     latent: LatentPosterior | None = None
     kl_baseline: Tensor | None = None
+    wpo_log_weights: Tensor | None = None
 
     def logratios(self) -> Tensor:
         """policy - reference (policy alone when there is no reference)."""
@@ -124,6 +127,7 @@ class SequenceLogps:
             pair_logits=pair_logits,
             latent=self.latent,
             kl_baseline=self.kl_baseline,
+            wpo_log_weights=clean(self.wpo_log_weights, 0.0),
         )
 
 
@@ -169,6 +173,7 @@ class PreferenceLoss:
     `num_samples` is the K a loss requires (None: any K >= 2), `needs_tokens` asks for
     per-token log-probs, `needs_mismatched` asks for the log-ratios of each completion
     under another list's prompt (`SequenceLogps.mismatched`, KTO's KL baseline),
+    `needs_wpo_weights` asks for `SequenceLogps.wpo_log_weights`,
     `accepts_unpaired` lets single-completion rows (a desirable or undesirable label,
     no pair) into the data, and `reuses_samples` marks a loss with an importance-ratio
     surrogate that may train several updates on one batch of samples.
@@ -192,6 +197,7 @@ class PreferenceLoss:
     num_samples: ClassVar[int | None] = None
     needs_tokens: ClassVar[bool] = False
     needs_mismatched: ClassVar[bool] = False
+    needs_wpo_weights: ClassVar[bool] = False
     accepts_unpaired: ClassVar[bool] = False
     reuses_samples: ClassVar[bool] = False
     model_head: ClassVar[str] = "policy"

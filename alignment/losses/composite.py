@@ -30,6 +30,7 @@ class CompositeLoss(PreferenceLoss):
         self.first_item_from_policy = any(loss.first_item_from_policy for _, loss in self.terms)
         self.needs_tokens = any(loss.needs_tokens for _, loss in self.terms)
         self.needs_mismatched = any(loss.needs_mismatched for _, loss in self.terms)
+        self.needs_wpo_weights = any(loss.needs_wpo_weights for _, loss in self.terms)
         # unpaired rows train only when every term can learn from them
         self.accepts_unpaired = all(loss.accepts_unpaired for _, loss in self.terms)
         self.reuses_samples = any(loss.reuses_samples for _, loss in self.terms)

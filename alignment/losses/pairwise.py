@@ -5,13 +5,17 @@ over all selected pairs of the batch, so a list contributes in proportion to its
 Notation: L(x) = softplus(-x) = -log sigmoid(x), computed stably for any |x|;
 r = policy - reference per completion, h = r_w - r_l.
 
-Two options apply to every pairwise loss, as in TRL's DPOTrainer:
+Three options apply to every pairwise loss, as in TRL's DPOTrainer:
 
 - `ld_alpha` (LD-DPO, Liu et al. 2024, "Length Desensitization in Direct Preference
   Optimization"): each log-prob of a pair is the sum over the first
   min(|y_w|, |y_l|) tokens plus ld_alpha times the sum over the rest, so the verbose
   tail of the longer completion weighs less. None (the default) is plain DPO
   (ld_alpha = 1); the paper's values are 0.2-0.8. It reads per-token log-probs.
+- `wpo` (WPO, Zhou et al. 2024, "WPO: Enhancing RLHF with Weighted Preference
+  Optimization", Eq. 2): each pair's loss is multiplied by w(y_w) w(y_l), w(y) =
+  exp((1/|y|) sum_t [log pi(y_t) - log sum_v pi(v)^2]) under the current policy, held
+  constant: off-policy pairs the policy would not produce count less.
 - for the margin losses (`MarginLoss`: functions of h), `f_divergence` (f-DPO, Wang
   et al. 2023, "Beyond Reverse KL"): each log-ratio r becomes f'(exp(r)) before the
   difference, for the reverse KL (f'(u) = log u: DPO), forward KL, Jensen-Shannon or
@@ -70,11 +74,17 @@ class PairwiseLoss(PreferenceLoss):
 
     pairs: PairMode = "best_vs_worst"
     ld_alpha: float | None = None
+    wpo: bool = False
 
     def __post_init__(self) -> None:
         check_choice(self.name, "pairs", self.pairs, PAIR_MODES)
         if self.ld_alpha is not None:
             self.ld_alpha = check_range(self.name, "ld_alpha", self.ld_alpha, ge=0, le=1)
+        check_choice(self.name, "wpo", self.wpo, (False, True))
+
+    @property
+    def needs_wpo_weights(self) -> bool:
+        return self.wpo
 
     @property
     def needs_tokens(self) -> bool:  # LD-DPO splits each completion at the pair's shared length
@@ -112,8 +122,14 @@ class PairwiseLoss(PreferenceLoss):
         r_w, r_l = torch.where(selected, r_w, 0.0), torch.where(selected, r_l, 0.0)
         n_pairs = selected.sum()
         denom = n_pairs.clamp(min=1).to(r_w.dtype)
+        pair_loss = self.pair_loss(r_w, r_l, logps)
+        if self.wpo:
+            if logps.wpo_log_weights is None:
+                raise LossParameterError(f"{self.name}: wpo needs SequenceLogps.wpo_log_weights")
+            log_w = torch.where(logps.mask, logps.wpo_log_weights.detach(), 0.0)
+            pair_loss = pair_loss * torch.exp(log_w[:, :, None] + log_w[:, None, :])
         # With no pair the sum is an exact 0 that still has a grad_fn through policy.
-        loss = torch.where(selected, self.pair_loss(r_w, r_l, logps), 0.0).sum() / denom
+        loss = torch.where(selected, pair_loss, 0.0).sum() / denom
 
         metrics, counts = reward_metrics(logps, self.reward_scale)
         for key, part in self.pair_parts(r_w, r_l, logps).items():

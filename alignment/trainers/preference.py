@@ -166,7 +166,18 @@ class PreferenceTrainer(Trainer):
         is then the sampling policy's token log-probs). `extra` adds fields (online:
         `preferences`)."""
         forward = self._token_logps if self.loss_fn.needs_tokens else self._logps
-        policy = forward(model, inputs)
+        if self.loss_fn.needs_wpo_weights:
+            policy, aligned = sequence_logps(
+                model,
+                inputs,
+                self.args.forward,
+                self.args.logprob_chunk_size or None,
+                per_token=self.loss_fn.needs_tokens,
+                wpo=True,
+            )
+            extra["wpo_log_weights"] = aligned / inputs["lengths"].clamp(min=1).to(aligned.dtype)
+        else:
+            policy = forward(model, inputs)
         reference = self.reference_logps(model, inputs, forward)
         tokens = None
         if self.loss_fn.needs_tokens:
