@@ -78,15 +78,18 @@ def tiny_rows(kind: str = "pairs", split: str = "train", n: int = 8) -> list[dic
     return [json.loads(line) for line in lines]
 
 
-def trl_dpo_trainer(policy, reference, rows: list[dict], tokenizer, output_dir: Path, loss_type: str, **kwargs):
+def trl_dpo_trainer(
+    policy, reference, rows: list[dict], tokenizer, output_dir: Path, loss_type: str | list[str], **kwargs
+):
     """TRL's DPOTrainer, the oracle, on CPU in float32 with `rows` as one batch and no
-    truncation (DPOConfig defaults to bf16 and gradient checkpointing)."""
+    truncation (DPOConfig defaults to bf16 and gradient checkpointing). `loss_type` may
+    be a list (TRL's weighted sum of loss types)."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
     args = DPOConfig(
         output_dir=str(output_dir),
-        loss_type=[loss_type],
+        loss_type=[loss_type] if isinstance(loss_type, str) else loss_type,
         per_device_train_batch_size=len(rows),
         use_cpu=True,
         bf16=False,

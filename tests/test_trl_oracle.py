@@ -212,3 +212,24 @@ def test_trainer_path_with_token_options_matches_trl(rows, params, kwargs, forwa
     with torch.no_grad():
         ours = trainer.compute_loss(trainer.model, batch).item()
     assert ours == float32_approx(trl_loss(rows, "sigmoid", kwargs, tmp_path), ulps=8)
+
+
+@pytest.mark.parametrize(
+    "specs, loss_types, weights",
+    [
+        ([{"name": "dpo"}, {"name": "sft", "weight": 0.5}], ["sigmoid", "sft"], [1.0, 0.5]),
+        (
+            [{"name": "apo_zero", "weight": 0.3}, {"name": "bco_pair", "weight": 2.0}],
+            ["apo_zero", "bco_pair"],
+            [0.3, 2.0],
+        ),
+    ],
+)
+def test_a_weighted_loss_list_is_trls_loss_type_list(rows, specs, loss_types, weights, tmp_path):
+    from alignment.losses import build_loss
+
+    policy, reference = tiny_model(seed=0).eval(), tiny_model(seed=1).eval()
+    batch = collate(tokenized(rows, tmp_path, max_length=None, max_prompt_length=None))
+    with torch.no_grad():
+        ours = build_loss(specs)(batch_logps(policy, reference, batch)).loss.item()
+    assert ours == float32_approx(trl_loss(rows, loss_types, {"loss_weights": weights}, tmp_path), ulps=8)
