@@ -78,6 +78,21 @@ def tiny_rows(kind: str = "pairs", split: str = "train", n: int = 8) -> list[dic
     return [json.loads(line) for line in lines]
 
 
+def trl_cpu_args(config_class, output_dir: Path, batch_size: int, **kwargs):
+    """A TRL trainer config for an oracle run: CPU, float32 (TRL defaults to bf16 and
+    gradient checkpointing), one batch of `batch_size` rows, no truncation."""
+    return config_class(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=batch_size,
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        report_to="none",
+        max_length=None,
+        **kwargs,
+    )
+
+
 def trl_dpo_trainer(
     policy, reference, rows: list[dict], tokenizer, output_dir: Path, loss_type: str | list[str], **kwargs
 ):
@@ -87,17 +102,8 @@ def trl_dpo_trainer(
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    args = DPOConfig(
-        output_dir=str(output_dir),
-        loss_type=[loss_type] if isinstance(loss_type, str) else loss_type,
-        per_device_train_batch_size=len(rows),
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        report_to="none",
-        max_length=None,
-        **kwargs,
-    )
+    loss_types = [loss_type] if isinstance(loss_type, str) else loss_type
+    args = trl_cpu_args(DPOConfig, output_dir, len(rows), loss_type=loss_types, **kwargs)
     dataset = Dataset.from_list(rows)
     return DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=dataset, processing_class=tokenizer)
 

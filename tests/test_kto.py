@@ -18,7 +18,7 @@ from alignment.losses import SequenceLogps, get_loss
 from alignment.losses.kto import desirability
 from alignment.trainers import PreferenceTrainer
 from alignment.trainers.arguments import AlignmentTrainingArguments
-from tests.helpers import TINY, tiny_model, tiny_tokenizer, tokenized
+from tests.helpers import TINY, tiny_model, tiny_tokenizer, tokenized, trl_cpu_args
 
 UNPAIRED = TINY / "data" / "unpaired_train.jsonl"
 
@@ -130,16 +130,7 @@ def test_kto_matches_trl_ktotrainer_on_unpaired_rows(tmp_path):
     rows = [json.loads(line) for line in UNPAIRED.read_text().splitlines()[:16]]
     assert 0 < sum(r["label"] for r in rows) < len(rows)
     params = {"beta": 0.5, "desirable_weight": 1.3, "undesirable_weight": 0.8}
-    args = KTOConfig(
-        output_dir=str(tmp_path / "trl"),
-        per_device_train_batch_size=len(rows),
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        report_to="none",
-        max_length=None,
-        **params,
-    )
+    args = trl_cpu_args(KTOConfig, tmp_path / "trl", len(rows), **params)
     trl_trainer = KTOTrainer(
         model=tiny_model(seed=0),
         ref_model=tiny_model(seed=1),

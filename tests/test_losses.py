@@ -271,7 +271,14 @@ def test_gradcheck(name, params):
     assert torch.autograd.gradcheck(f, (logps.policy, reference), eps=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("name", ALL_LOSSES)
+# with TRL's other loss types (tests/test_trl_losses.py holds their values)
+TRL_LOSSES = [
+    *("exo_pair", "nca_pair", "bco_pair", "sppo_hard", "apo_zero", "apo_down", "discopop", "sigmoid_norm"),
+    *("simpo", "cpo", "orpo", "sft", "aot", "aot_unpaired"),
+]
+
+
+@pytest.mark.parametrize("name", ALL_LOSSES + TRL_LOSSES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("margin", [1e4, -1e4])
 def test_finite_at_extreme_margins(name, dtype, margin):
@@ -282,7 +289,8 @@ def test_finite_at_extreme_margins(name, dtype, margin):
         lengths=[[1, 1, 1]],
         dtype=dtype,
     )
-    for params in ({}, {"beta": 1.0} if name not in ("ipo",) else {"tau": 1.0}):
+    scale = next((key for key in ("beta", "tau") if key in loss_class(name).parameters()), None)
+    for params in ({}, {scale: 1.0} if scale else {}):
         out = get_loss(name, **params)(logps)
         (grad,) = torch.autograd.grad(out.loss, logps.policy)
         assert torch.isfinite(out.loss), (name, params)

@@ -18,6 +18,7 @@ from tests.helpers import (
     tiny_rows,
     tiny_tokenizer,
     tokenized,
+    trl_cpu_args,
     trl_dpo_trainer,
 )
 
@@ -106,16 +107,7 @@ def trl_reference_free(rows, kind, tmp_path, **kwargs):
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
     config, trainer_class = (CPOConfig, CPOTrainer) if kind == "cpo" else (ORPOConfig, ORPOTrainer)
-    args = config(
-        output_dir=str(tmp_path / kind),
-        per_device_train_batch_size=len(rows),
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        report_to="none",
-        max_length=None,
-        **kwargs,
-    )
+    args = trl_cpu_args(config, tmp_path / kind, len(rows), **kwargs)
     trainer = trainer_class(
         model=tiny_model(seed=0), args=args, train_dataset=Dataset.from_list(rows), processing_class=tiny_tokenizer()
     )
