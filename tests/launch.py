@@ -10,6 +10,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread per process beside the other worker (tests/conftest.py)
+    ENV |= {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 ACCELERATE_CONFIGS = ROOT / "recipes" / "accelerate_configs"
 
 
@@ -56,10 +58,18 @@ def train_in_process(recipe: str, out: Path, *overrides: str) -> dict[str, float
     return run_training(config)
 
 
+def main_process_port() -> int:
+    """Accelerate's default port, offset per pytest-xdist worker so that two workers'
+    multi-process runs never bind the same port."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return 29500 + 17 * int(worker.removeprefix("gw") or 0)
+
+
 def accelerate_launch(num_processes: int = 2, config_file: str | None = None) -> list[str]:
     """`accelerate launch` for N CPU processes: plain gloo DDP, or the backend of a
     shipped accelerate config with its GPU-only settings (bf16) turned off."""
     launcher = ["accelerate", "launch", "--num_processes", str(num_processes), "--num_machines", "1"]
+    launcher += ["--main_process_port", str(main_process_port())]
     if config_file is None:
         launcher += ["--multi_gpu"]
     else:

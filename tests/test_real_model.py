@@ -324,3 +324,75 @@ def test_greedy_evaluation_on_smollm2_is_transformers_greedy_decode(smollm2, pol
         raw.append(__import__("json").loads(prompts[i]["prompt"]))
     assert [evaluation.initial[i] for i in range(12)] == expected
     assert evaluation.initial_metrics["initial_generation_accuracy"] == pytest.approx(sum(score(raw, expected)) / 12)
+
+
+UNPAIRED_CHAT = [
+    {"messages": [SYSTEM, user("What is 3+4?"), {"role": "assistant", "content": "7"}], "label": True},
+    {"messages": [user("Capital of France?"), {"role": "assistant", "content": "Berlin, of course."}], "label": False},
+    {"messages": [user("Say hi in French."), {"role": "assistant", "content": "Bonjour !"}], "label": True},
+    {
+        "messages": [
+            SYSTEM,
+            user("Name a primary colour."),
+            {"role": "assistant", "content": "Red."},
+            user("Another?"),
+            {"role": "assistant", "content": "Seven."},
+        ],
+        "label": False,
+    },
+]
+
+
+def test_kto_on_unpaired_chat_rows_equals_trl_ktotrainer(policy, reference, tokenizer, tmp_path):
+    """LLaMA-Factory's messages + label layout through SmolLM2's ChatML template: the same
+    prompt and completion ids as TRL's KTOTrainer on the same rows in its conversational
+    prompt/completion/label layout, and the same KL baseline and KTO loss on the real
+    model against a reference that differs."""
+    from datasets import Dataset
+    from trl import KTOConfig, KTOTrainer
+
+    from alignment.trainers import PreferenceTrainer
+    from alignment.trainers.arguments import AlignmentTrainingArguments
+    from tests.helpers import trl_cpu_args
+
+    params = {"beta": 0.1, "desirable_weight": 1.0, "undesirable_weight": 1.0}  # the paper's and TRL's defaults
+    trl_rows = [
+        {"prompt": r["messages"][:-1], "completion": r["messages"][-1:], "label": r["label"]} for r in UNPAIRED_CHAT
+    ]
+    trl_trainer = KTOTrainer(
+        model=policy,
+        ref_model=reference,
+        args=trl_cpu_args(KTOConfig, tmp_path / "trl", len(trl_rows), **params),
+        train_dataset=Dataset.from_list(trl_rows),
+        processing_class=tokenizer,
+    )
+    ours_rows = [
+        tokenize_example(adapt_row(row, "unpaired_messages", "rows", i), tokenizer)
+        for i, row in enumerate(UNPAIRED_CHAT)
+    ]
+    theirs_rows = trl_trainer.train_dataset
+    for i, ours in enumerate(ours_rows):
+        assert ours["prompt_input_ids"] == theirs_rows[i]["prompt_ids"], i
+        assert ours["completion_input_ids"] == [theirs_rows[i]["completion_ids"]], i
+        assert ours["scores"] == [float(UNPAIRED_CHAT[i]["label"])]
+        assert tokenizer.decode(ours["completion_input_ids"][0][-2:]) == "<|im_end|>\n"
+
+    trl_batch = next(iter(trl_trainer.get_train_dataloader()))
+    with torch.no_grad():
+        theirs = trl_trainer.compute_loss(trl_trainer.model, trl_batch).item()
+    trl_kl = trl_trainer._metrics["eval"]["kl"][-1]
+
+    ours_trainer = PreferenceTrainer(
+        model=policy,
+        args=AlignmentTrainingArguments(output_dir=str(tmp_path / "ours"), use_cpu=True, report_to="none"),
+        loss_fn=get_loss("kto", **params),
+        ref_model=reference,
+        processing_class=tokenizer,
+    )
+    batch = PreferenceCollator(pad_token_id=tokenizer.pad_token_id)(ours_rows)  # file order, as TRL's KL pairing
+    with torch.no_grad():
+        logps = ours_trainer.batch_logps(policy, batch)
+        ours = ours_trainer.loss_fn(logps).loss.item()
+    assert trl_kl > 1e-3  # the reference differs: z0 is not clamped to 0
+    assert logps.kl_baseline.item() == pytest.approx(trl_kl, rel=1e-5)
+    assert ours == pytest.approx(theirs, rel=1e-5)
