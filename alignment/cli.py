@@ -8,7 +8,7 @@ import argparse
 import inspect
 import sys
 
-from alignment.config import ConfigError, load_config
+from alignment.config import SECTIONS, ConfigError, load_config
 
 
 def split_args(argv: list[str]) -> tuple[str | None, list[str]]:
@@ -27,6 +27,8 @@ def split_args(argv: list[str]) -> tuple[str | None, list[str]]:
             overrides.append(arg)
         elif arg.startswith("--reference="):  # the recipe's shorthand `reference: adapter`
             overrides.append("--reference.type=" + arg.split("=", 1)[1])
+        elif arg.startswith("--") and arg[2:].split("=", 1)[0] in SECTIONS:  # --evaluation=null removes it
+            overrides.append(arg)
         else:
             raise ConfigError(
                 f"unexpected argument {arg!r}; use --config RECIPE.yaml and --section.key=value overrides"
@@ -58,6 +60,7 @@ def train_main(argv: list[str]) -> int:
     from alignment.trainers.checkpoints import CheckpointError
     from alignment.trainers.faults import INTERRUPTED_EXIT_CODE, NonFiniteLossError, Preempted
     from alignment.trainers.memory import OutOfMemory
+    from alignment.trainers.nodes import close_process_group
     from alignment.trainers.output_dir import DiskSpaceError
 
     # (error, how its one-line message starts, exit status). Errors raised once training
@@ -86,6 +89,10 @@ def train_main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return INTERRUPTED_EXIT_CODE
+    finally:
+        # After success, an error, SIGTERM or Ctrl-C alike: a process that exits with its
+        # process group open can abort in gloo's or NCCL's threads, and its launcher exits 1.
+        close_process_group()
     return 0
 
 
@@ -138,7 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("command", choices=sorted(COMMANDS))
         parser.print_help(sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    return COMMANDS[argv[0]](argv[1:])
+    status = COMMANDS[argv[0]](argv[1:])
+    # A command that trained (and so may have had a process group) loaded this module.
+    nodes = sys.modules.get("alignment.trainers.nodes")
+    return status if nodes is None else nodes.exit_status(status)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from alignment.trainers import PreferenceTrainer
 from alignment.trainers.checkpoints import resolve_resume
 from alignment.trainers.faults import Preempted, PreemptionCallback
 from alignment.trainers.memory import out_of_memory_reported, probe_enabled, probe_longest_batch
+from alignment.trainers.nodes import agree_on_resume, check_shared_output_dir
 from alignment.trainers.output_dir import (
     DiskSpaceForecast,
     check_free_space,
@@ -88,7 +89,9 @@ def train(config: Config) -> dict[str, float]:
     set_seed(training_args.seed)
     check_backend(config)
     # Checked before anything is loaded: a bad checkpoint path should fail in seconds.
-    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+    resume = agree_on_resume(
+        resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir), training_args
+    )
 
     main_process = training_args.process_index == 0
     trainer = None
@@ -97,6 +100,10 @@ def train(config: Config) -> dict[str, float]:
     with removed_on_early_failure(
         training_args.output_dir, main_process, lambda: 0 if trainer is None else trainer.state.global_step
     ):
+        # Before anything is written there: a node that cannot see output_dir would fail only at the first resume.
+        not_shared = check_shared_output_dir(training_args)
+        if not_shared is not None:
+            raise ConfigError(not_shared)
         trainer, data = build_trainer(config, training_args)
         # A disk too small for one checkpoint fails now, not at the first save.
         policy = trainer.accelerator.unwrap_model(trainer.model)
@@ -126,6 +133,8 @@ def build_trainer(config: Config, training_args):
     loss_fn = config.loss_fn
     if loss_fn.model_head != "policy":  # the recipe trains a judge: a reward, preference or VPL model
         return build_reward_trainer(config, training_args, tokenizer)
+    # Per node: each node's first process tokenizes into that node's datasets cache (local=True), the
+    # others read it there; no node reads another's cache (trainers/nodes.py).
     with training_args.main_process_first(desc="preprocessing the data"):
         if config.online is None:
             data = build_datasets(
@@ -196,6 +205,7 @@ def generation_evaluation(config: Config, training_args, tokenizer, model) -> Ge
         seed=training_args.seed,
         rank=training_args.process_index,
         world=training_args.world_size,
+        writes=training_args.should_save,
     )
     logger.info("evaluation: %d held-out prompts, %s", len(evaluation.prompts), config.evaluation.score or "judge only")
     return evaluation

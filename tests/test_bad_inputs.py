@@ -35,6 +35,9 @@ CONFIG_CASES = [
     ("dpo", ["--loss.label_smoothing=0.5"], "label_smoothing must satisfy 0 <= label_smoothing < 0.5"),
     ("dpo", ["--loss.pairs=random"], "pairs must be one of"),
     ("dpo", ["--loss.gamma=1"], "loss 'dpo' has no parameter 'gamma'"),
+    # The weight is checked by the one loss builder on the recipe's path too.
+    ("dpo", ["--loss.weight=-1"], "loss: weight must be a finite number >= 0, got -1.0"),
+    ("dpo", ["--loss.weight=.nan"], "loss: weight must be a finite number >= 0, got nan"),
     ("dpo", ["--quantization.bits=4"], "quantized weights cannot be fully fine-tuned"),
     ("dpo", ["--reference.type=none"], "needs a reference"),
     ("dpo", ["--reference.type=adapter"], "add a `lora:` section"),

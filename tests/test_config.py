@@ -106,6 +106,11 @@ def test_composite_loss_and_indexed_override(tmp_path):
         ("dpo", 1.0, {"beta": 0.1}),
         ("listmle", 0.5, {"beta": 0.3}),
     ]
+    # A list's weights are checked at load by the losses' own builder, naming the block.
+    for weight, shown in (("-0.5", "-0.5"), (".nan", "nan"), (".inf", "inf")):
+        with pytest.raises(ConfigError, match=f"^loss.1: weight must be a finite number >= 0, got {shown}$"):
+            load_config(path, [f"--loss.1.weight={weight}"])
+    assert load_config(path, ["--loss.1.weight=0"]).loss_fn.terms[1][0] == 0.0
 
 
 def test_yaml_is_read_with_the_safe_loader(tmp_path):
@@ -180,6 +185,32 @@ def test_reference_shorthand_on_the_command_line(tmp_path):
     assert config == "r.yaml" and overrides == ["--reference.type=precompute", "--loss.beta=0.2"]
     cfg = load_config(ROOT / "recipes/tiny/dpo.yaml", [f"--training.output_dir={tmp_path}", *overrides])
     assert cfg.reference.type == "precompute" and cfg.loss[0].params == {"beta": 0.2}
+
+
+def test_section_null_removes_an_optional_section(tmp_path):
+    """`--evaluation=null` drops a recipe's task-specific evaluation without editing the YAML."""
+    from alignment.cli import split_args
+
+    _, overrides = split_args(["--config", "r.yaml", "--evaluation=null", f"--training.output_dir={tmp_path}"])
+    assert overrides == ["--evaluation=null", f"--training.output_dir={tmp_path}"]
+    sppo = ROOT / "recipes/tiny/sppo.yaml"
+    assert load_config(sppo, overrides[1:]).evaluation.score == "alignment.tasks.arithmetic:exact_sum"
+    config = load_config(sppo, overrides)
+    assert config.evaluation is None and config.resolved["evaluation"] is None
+    assert config.online is not None  # the other sections are untouched
+    dpo = ROOT / "recipes/tiny/dpo.yaml"
+    out = f"--training.output_dir={tmp_path}"
+    assert load_config(dpo, [out, "--lora.r=4"]).lora.r == 4
+    assert load_config(dpo, [out, "--lora.r=4", "--lora=null"]).lora is None
+    assert load_config(dpo, [out, "--lora=null", "--lora.r=4"]).lora.r == 4  # later overrides win
+    assert load_config(dpo, [out, "--quantization=null", "--online=null"]).quantization is None
+    # An online-only loss without its section is the usual one-line error.
+    with pytest.raises(ConfigError, match="add an `online:` section"):
+        load_config(ROOT / "recipes/tiny/nash_md.yaml", [out, "--online=null"])
+    with pytest.raises(ConfigError, match="^override '--model=null': `model` is required and cannot be removed; "):
+        load_config(dpo, [out, "--model=null"])
+    with pytest.raises(ConfigError, match="a whole section can only be removed, with --evaluation=null; set its keys"):
+        load_config(sppo, [out, "--evaluation=3"])
 
 
 def test_scientific_notation_is_a_number_in_recipes_and_overrides(tmp_path):

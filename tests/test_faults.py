@@ -20,7 +20,7 @@ from alignment.trainers.checkpoints import (
     problem,
     resolve_resume,
 )
-from tests.launch import ENV, ROOT, log_history, train, train_command
+from tests.launch import ENV, ROOT, log_history, sigterm_after_first_loss, train, train_command
 
 # Adam steps of 1e6 overflow the tiny model's logits within a few steps.
 DIVERGE = ["--training.learning_rate=1.0e+6", "--training.max_steps=20", "--training.logging_steps=1"]
@@ -53,19 +53,8 @@ def test_nan_loss_skip_counts_and_finishes(tmp_path):
 def test_sigterm_saves_a_checkpoint_exits_and_resumes(tmp_path):
     out = tmp_path / "run"
     overrides = ["--training.max_steps=400", "--training.save_steps=1000", "--training.logging_steps=5"]
-    cmd = train_command("dpo", out, *overrides, "--training.eval_on_start=false")
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env={**ENV, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    seen = []
-    for line in proc.stdout:  # wait until training has really started, then preempt
-        seen.append(line)
-        if "'loss':" in line:
-            proc.send_signal(signal.SIGTERM)
-            break
-    rest, _ = proc.communicate(timeout=300)
-    output = "".join(seen) + rest
-    assert proc.returncode == 143, output[-3000:]
+    status, output = sigterm_after_first_loss(train_command("dpo", out, *overrides, "--training.eval_on_start=false"))
+    assert status == 143, output[-3000:]
     assert "alignment: stopped by SIGTERM at step " in output and "Traceback" not in output
     checkpoint = latest_complete_checkpoint(out)
     assert checkpoint is not None and problem(checkpoint) is None

@@ -52,21 +52,14 @@ def _loss_specs(raw: Any) -> list[LossSpec]:
 
 
 def _built_loss(specs: list[LossSpec], raw: Any):
-    """The loss object, built once: each term is checked by the registry (names,
-    parameters, ranges), and errors name the block."""
-    from alignment.losses import LossParameterError, UnknownLossError, get_loss
-    from alignment.losses.composite import combine
+    """The loss object, built once by the losses' own builder: each term is checked by
+    the registry (names, parameters, ranges, weights), and errors name the block."""
+    from alignment.losses import LossParameterError, UnknownLossError, build_loss
 
-    terms = []
-    for i, spec in enumerate(specs):
-        try:
-            terms.append((spec.weight, get_loss(spec.name, **spec.params)))
-        except (UnknownLossError, LossParameterError, TypeError) as err:
-            raise ConfigError(f"{'loss' if not isinstance(raw, list) else f'loss.{i}'}: {err}") from None
     try:
-        return combine(terms)
-    except LossParameterError as err:
-        raise ConfigError(f"loss: {err}") from None
+        return build_loss(specs, where=lambda i: f"loss.{i}" if isinstance(raw, list) else "loss")
+    except (UnknownLossError, LossParameterError) as err:
+        raise ConfigError(str(err)) from None
 
 
 def _validate_training(raw: Any) -> dict[str, Any]:

@@ -7,18 +7,21 @@ from typing import Any
 
 import yaml
 
-from alignment.config.schema import SECTIONS, ConfigError, read_yaml
+from alignment.config.schema import OPTIONAL_SECTIONS, SECTIONS, ConfigError, read_yaml
 
 logger = logging.getLogger(__name__)
 
 
 def parse_override(arg: str) -> tuple[list[str], Any]:
     """`--section.key=value` -> (["section", "key"], value); the value is parsed as YAML
-    (safe loader), so numbers, booleans, null and lists keep their types."""
+    (safe loader), so numbers, booleans, null and lists keep their types. `--section=null`
+    -> (["section"], None) removes an optional section."""
     if not arg.startswith("--") or "=" not in arg:
         raise ConfigError(f"override {arg!r} must look like --section.key=value")
     dotted, text = arg[2:].split("=", 1)
     parts = dotted.split(".")
+    if len(parts) == 1 and parts[0] in SECTIONS:
+        return parts, _removed_section(arg, parts[0], text)
     if len(parts) < 2 or not all(parts):
         raise ConfigError(f"override {arg!r} must name a section and a key, e.g. --loss.beta=0.2")
     try:
@@ -26,6 +29,26 @@ def parse_override(arg: str) -> tuple[list[str], Any]:
     except yaml.YAMLError as err:
         raise ConfigError(f"override {arg!r}: value is not valid YAML: {err}") from None
     return parts, value
+
+
+def _removed_section(arg: str, section: str, text: str) -> None:
+    """`--evaluation=null`: a whole section can only be removed, and only an optional one,
+    so that a recipe's task-specific section can be dropped without editing the YAML."""
+    try:
+        value = read_yaml(text) if text != "" else ""
+    except yaml.YAMLError:
+        value = text
+    if value is not None:
+        raise ConfigError(
+            f"override {arg!r}: a whole section can only be removed, with --{section}=null; "
+            f"set its keys with --{section}.key=value"
+        )
+    if section not in OPTIONAL_SECTIONS:
+        raise ConfigError(
+            f"override {arg!r}: `{section}` is required and cannot be removed; "
+            f"the sections that can are {', '.join(OPTIONAL_SECTIONS)}"
+        )
+    return None
 
 
 def _set_dotted(tree: dict[str, Any], parts: list[str], value: Any, arg: str) -> None:
@@ -64,6 +87,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         parts, value = parse_override(arg)
         if parts[0] not in SECTIONS:
             raise ConfigError(f"override {arg!r}: unknown section {parts[0]!r}; sections: {', '.join(SECTIONS)}")
+        if len(parts) == 1:  # --section=null
+            raw[parts[0]] = None
+            continue
         _set_dotted(raw, parts, value, arg)
         cli_keys.add(tuple(parts))
         if parts[0] == "loss" and parts[-1] == "name":

@@ -13,6 +13,8 @@ from typing import Any, Literal, Union
 import yaml
 
 SECTIONS = ("model", "lora", "quantization", "data", "reference", "loss", "online", "evaluation", "training")
+# Sections a recipe may leave out (or remove with `--section=null`): each is off when absent.
+OPTIONAL_SECTIONS = ("lora", "quantization", "online", "evaluation")
 
 
 class ConfigError(ValueError):

@@ -5,6 +5,7 @@ Each section checks its own values when it is built; checks across sections are 
 
 from __future__ import annotations
 
+import glob
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -15,7 +16,9 @@ from alignment.config.schema import ConfigError
 if TYPE_CHECKING:
     from alignment.losses import PreferenceLoss
 
-LOCAL_DATA_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")
+# A local data file's name ends in one of these, optionally followed by a compression
+# suffix (`.gz`, `.bz2`, `.xz`, `.zst`): alignment.data.sources reads them.
+LOCAL_DATA_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".tsv")
 # The columns the data layouts read, which a source's `columns:` may map from its own names.
 COLUMN_NAMES = (
     "prompt",
@@ -78,7 +81,8 @@ class ModelConfig:
 
 @dataclass
 class SourceConfig:
-    """One dataset in a mixture: a local JSON/JSONL/Parquet/CSV file or a Hub dataset."""
+    """One dataset in a mixture: a local JSON/JSONL/CSV/TSV/Parquet file (optionally
+    compressed), a directory or glob of such files (shards), or a Hub dataset."""
 
     SCALAR_KEY = "path"
 
@@ -107,8 +111,31 @@ class SourceConfig:
         for ours, theirs in (self.columns or {}).items():
             if not isinstance(theirs, str) or not theirs:
                 raise ConfigError(f"data source {self.path!r}: columns.{ours}: expected a column name, got {theirs!r}")
-        if self.path.lower().endswith(LOCAL_DATA_SUFFIXES) and not os.path.isfile(self.path):
-            raise ConfigError(f"data source {self.path!r}: file not found")
+        self._check_local_files()
+
+    def is_local(self) -> bool:
+        """Whether `path` names local data rather than a Hub dataset (`name` or `org/name`):
+        it exists on disk, is a glob, has a data file's name, or is clearly a path
+        (starts with '.', '/' or '~', or has two or more slashes)."""
+        path_like = self.path.startswith((".", "/", "~")) or self.path.count("/") >= 2
+        return os.path.exists(self.path) or glob.has_magic(self.path) or self._data_file_name() or path_like
+
+    def _data_file_name(self) -> bool:
+        """A name ending in a data suffix, or in one and then one more (a compression: `.jsonl.gz`)."""
+        name = self.path.lower()
+        stem, _, last = name.rpartition(".")
+        return name.endswith(LOCAL_DATA_SUFFIXES) or ("/" not in last and stem.endswith(LOCAL_DATA_SUFFIXES))
+
+    def _check_local_files(self) -> None:
+        """A local path must exist and a glob must match a file, so a typo fails at load
+        rather than after the model is built (what the files hold is checked when read)."""
+        if not self.is_local() or os.path.exists(self.path):
+            return
+        if not glob.has_magic(self.path):
+            missing = "file not found" if self._data_file_name() else "no such file or directory"
+            raise ConfigError(f"data source {self.path!r}: {missing}")
+        if not any(os.path.isfile(match) for match in glob.iglob(self.path, recursive=True)):
+            raise ConfigError(f"data source {self.path!r}: no file matches the pattern")
 
 
 @dataclass

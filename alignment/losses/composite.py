@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from alignment.losses.base import LossOutput, LossParameterError, PreferenceLoss, SequenceLogps, get_loss
+from alignment.losses.base import (
+    LossOutput,
+    LossParameterError,
+    PreferenceLoss,
+    SequenceLogps,
+    UnknownLossError,
+    get_loss,
+)
 
 
 class CompositeLoss(PreferenceLoss):
@@ -85,20 +92,33 @@ def _field(spec: Any, name: str, default: Any) -> Any:
     return getattr(spec, name, default)
 
 
-def build_loss(specs: Iterable[Any]) -> PreferenceLoss:
+def build_loss(specs: Iterable[Any], where: Callable[[int], str] | None = None) -> PreferenceLoss:
     """The loss of a recipe's `loss:` list: items with `name`, `params` (dict) and
     `weight` (float), as `alignment.config.LossSpec` objects or plain dicts. One term of
-    weight 1.0 is returned as the registered loss itself; anything else is composite."""
+    weight 1.0 is returned as the registered loss itself; anything else is composite.
+
+    The one builder from recipe to loss object: the config's loader calls it too, so a
+    weight or parameter is checked the same way on every path. `where(i)` names the
+    i-th block in errors (the config passes `loss` or `loss.<i>`)."""
     terms: list[tuple[float, PreferenceLoss]] = []
-    for spec in specs:
+    for i, spec in enumerate(specs):
         name = _field(spec, "name", None)
+        label = where(i) if where is not None else f"loss {name!r}"
         if name is None:
-            raise LossParameterError(f"loss spec {spec!r} has no name")
+            raise LossParameterError(f"{label}: loss spec {spec!r} has no name")
         weight = _field(spec, "weight", 1.0)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
-            raise LossParameterError(f"loss {name!r}: weight must be a finite number >= 0, got {weight!r}")
-        terms.append((float(weight), get_loss(name, **dict(_field(spec, "params", None) or {}))))
-    return combine(terms)
+            raise LossParameterError(f"{label}: weight must be a finite number >= 0, got {weight!r}")
+        try:
+            terms.append((float(weight), get_loss(name, **dict(_field(spec, "params", None) or {}))))
+        except UnknownLossError as err:
+            raise UnknownLossError(f"{label}: {err}") from None
+        except (LossParameterError, TypeError) as err:
+            raise LossParameterError(f"{label}: {err}") from None
+    try:
+        return combine(terms)
+    except LossParameterError as err:  # the terms do not go together
+        raise LossParameterError(f"loss: {err}") from None
 
 
 def combine(terms: list[tuple[float, PreferenceLoss]]) -> PreferenceLoss:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -88,6 +89,7 @@ class GenerationEvaluation:
         seed: int = 0,
         rank: int = 0,
         world: int = 1,
+        writes: bool | None = None,
     ) -> None:
         if cfg.max_prompts is not None and cfg.max_prompts < len(prompts):
             prompts = prompts.select(range(cfg.max_prompts))
@@ -97,6 +99,10 @@ class GenerationEvaluation:
         self.device = device
         self.seed = seed
         self.rank, self.world = rank, world  # this process answers every world-th prompt from rank
+        # Whether this process writes the answers files: where checkpoints are written
+        # (`TrainingArguments.should_save`): the global main process on a shared output
+        # directory, or each node's local main process with `save_on_each_node`.
+        self.writes = rank == 0 if writes is None else writes
         greedy = cfg.temperature == 0.0
         self.settings = GenerationSettings(
             max_new_tokens=cfg.max_new_tokens,
@@ -151,11 +157,16 @@ class GenerationEvaluation:
     def resume(self, output_dir: str) -> bool:
         """Reload the initial answers a previous run wrote; False when there are none."""
         path = os.path.join(output_dir, INITIAL_GENERATIONS)
-        if not os.path.exists(path):
-            return False
-        with open(path, encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f]
-        if len(rows) != len(self.prompts):
+        rows = []
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                rows = [json.loads(line) for line in f]
+        found = len(rows) == len(self.prompts)
+        # Collective: a process that generated afresh would wait in an all-gather for the
+        # ones that reloaded, so either every process reloads or none does.
+        if self.world > 1:
+            found = all(gather_object([found]))
+        if not found:
             return False
         mine = set(range(self.rank, len(self.prompts), self.world))
         self.initial = {row["index"]: row["completion"] for row in rows if row["index"] in mine}
@@ -184,10 +195,14 @@ class GenerationEvaluation:
         return metrics
 
     def _write(self, answers: list[tuple], path: str) -> None:
-        """Every process's answers, in prompt order, as JSON lines (by the main process)."""
+        """Every process's answers, in prompt order, as JSON lines (by the writing process)."""
         everything = gather_object(answers) if self.world > 1 else answers
-        if self.rank == 0:
+        if self.writes:
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            with open(path, "w", encoding="utf-8") as f:
+            # Renamed into place whole: a resume after a kill never reads half a file, and
+            # two nodes saving into one shared directory never interleave their lines.
+            tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}"
+            with open(tmp, "w", encoding="utf-8") as f:
                 for i, prompt, text, _, _ in sorted(everything, key=lambda a: a[0]):
                     f.write(json.dumps({"index": i, "prompt": prompt, "completion": text}) + "\n")
+            os.replace(tmp, path)

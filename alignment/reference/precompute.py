@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,16 @@ def compute_reference_logps(
     return [row for rows in ordered for row in rows]
 
 
+def _cached_everywhere(path: str | None, accelerator: Accelerator) -> bool:
+    """Whether every process finds the cache on its own disk. A collective decision:
+    with node-local caches one node may hold the column and another not, and a node
+    that skipped the pass would leave the others waiting in its all-gather."""
+    found = path is not None and os.path.exists(path)
+    if accelerator.num_processes == 1:
+        return found
+    return all(gather_object([found]))
+
+
 def add_reference_logps(
     dataset: datasets.Dataset,
     identity: Mapping[str, Any],
@@ -133,10 +144,18 @@ def add_reference_logps(
     split: str,
 ) -> datasets.Dataset:
     """`dataset` with a `reference_logps` column (one float per completion), reused
-    from the cache when the same reference was already run on the same data."""
+    from the cache when the same reference was already run on the same data.
+
+    Where the column is written: per node. It lives beside the tokenized dataset's own
+    cache files, which each node's local main process wrote in that node's datasets
+    cache (`main_process_first` is local), so each node's local main process writes its
+    own copy from the gathered values and every process reads its own node's file. A
+    path is never sent from one node to another: a node-local cache is never read by
+    another node. On a cache that all nodes share, the copies are the same bytes and
+    land by an atomic rename, so the last writer wins harmlessly."""
     fingerprint = reference_fingerprint(identity, dataset)
     path = cache_file(dataset, fingerprint)
-    if path is not None and os.path.exists(path):
+    if _cached_everywhere(path, accelerator):
         logger.info("reference log-probs (%s): reusing the cache %s", split, path)
         return datasets.Dataset.from_file(path)
     logger.info(
@@ -149,11 +168,12 @@ def add_reference_logps(
         dataset = dataset.remove_columns(REFERENCE_COLUMN)
     if path is None:
         return dataset.add_column(REFERENCE_COLUMN, values, new_fingerprint=fingerprint)
-    with accelerator.main_process_first():
-        if accelerator.is_main_process and not os.path.exists(path):
+    with accelerator.local_main_process_first():
+        if accelerator.is_local_main_process and not os.path.exists(path):
             # Written under a temporary name and renamed, so a killed run never leaves a
-            # partial file that the next run would take for a finished cache.
-            tmp = f"{path}.tmp-{os.getpid()}"
+            # partial file that the next run would take for a finished cache. The name
+            # holds the host and pid: two nodes sharing one cache never write one file.
+            tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}"
             with_column = dataset.add_column(REFERENCE_COLUMN, values, new_fingerprint=fingerprint)
             with_column.flatten_indices(cache_file_name=tmp)
             os.replace(tmp, path)

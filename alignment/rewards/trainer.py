@@ -45,7 +45,7 @@ class RewardModelTrainer(PreferenceTrainer):
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         super().save_model(output_dir, _internal_call)
         output_dir = output_dir or self.args.output_dir
-        if self.args.should_save:
+        if self.args.should_save:  # beside the weights, by the process that saved them (trainers/nodes.py)
             model = self.accelerator.unwrap_model(self.model)
             if hasattr(model, "save_configs"):
                 model.save_configs(output_dir)

@@ -235,6 +235,8 @@ class PreferenceTrainer(Trainer):
             super()._save_checkpoint(model, trial)
             # Every process has written its part (optimizer shards, RNG state) only after this barrier.
             self.accelerator.wait_for_everyone()
+            # Shared: one marker in output_dir, by the process that saves (node 0's first, or each
+            # node's first with save_on_each_node); every node reads it on resume (trainers/nodes.py).
             if self.args.should_save:
                 mark_complete(directory, self.state.global_step)
         self.accelerator.wait_for_everyone()
