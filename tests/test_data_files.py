@@ -23,7 +23,7 @@ from alignment.config import DataConfig, SourceConfig
 from alignment.data import BadRowError, build_datasets, load_source
 from alignment.data import files as files_module
 from alignment.data.sources import source_label
-from tests.launch import train_in_process
+from tests.launch import log_history, train_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "tiny" / "dpo.yaml"
@@ -279,7 +279,7 @@ def test_hub_names_and_dataset_repositories_stay_with_datasets():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["jsonl-gz", "directory-of-shards", "csv"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
 def test_the_tiny_recipe_trains_on_every_row(variant, tmp_path, caplog):
     path = VARIANTS[variant](tmp_path)
     out = tmp_path / "out"
@@ -298,6 +298,7 @@ def test_the_tiny_recipe_trains_on_every_row(variant, tmp_path, caplog):
     # Two batches of 32 are one pass over the 64 rows.
     assert metrics["epoch"] == 1.0 and metrics["train_runtime"] > 0
     assert (out / "model.safetensors").exists()
+    assert [entry["step"] for entry in log_history(out) if "loss" in entry] == [1, 2]  # both batches trained
 
 
 # ----------------------------------------------------------------------------- paths that cannot be read
