@@ -339,25 +339,44 @@ def resolve_strategy(model: nn.Module, strategy: str) -> str:
     return "packed" if flash else "shared_prompt"
 
 
-def sequence_logps(
+@dataclass
+class PolicyForward:
+    """One forward of a model on a collated preference batch: `logps`, the summed
+    completion log-probs [B, K] (0 for padded items) or with `per_token` each completion
+    token's log-prob [B, K, C] (0 past a completion's end); and with `wpo`, `wpo_sums`,
+    the [B, K] sums over each completion of log p(y_t) - log sum_v p(v)^2 (no gradient):
+    WPO's weights, from the same logits."""
+
+    logps: Tensor
+    wpo_sums: Tensor | None = None
+
+
+def policy_forward(
     model: nn.Module,
     batch: Mapping[str, Tensor],
     strategy: str = "baseline",
     chunk_size: int | None = 1024,
     per_token: bool = False,
     wpo: bool = False,
-) -> Tensor | tuple[Tensor, Tensor]:
-    """Summed completion log-probs [B, K] of `model` on a collated preference batch
-    (0 for padded items), or with `per_token` the log-prob of each completion token
-    [B, K, C] (0 past a completion's end). `chunk_size`: LM-head chunk in tokens (None:
-    one chunk). With `wpo`, a pair (log-probs, [B, K] sums over each completion of
-    log p(y_t) - log sum_v p(v)^2, without gradient): WPO's weights."""
+) -> PolicyForward:
+    """The forward by `strategy`; `chunk_size`: LM-head chunk in tokens (None: one chunk)."""
     strategy = resolve_strategy(model, strategy)
     if strategy == "baseline":
-        return baseline_logps(model, batch, per_token=per_token, wpo=wpo)
-    if strategy == "packed":
-        layout = packed_layout(batch)
+        out = baseline_logps(model, batch, per_token=per_token, wpo=wpo)
     else:
-        layout = shared_prompt_layout(batch, _model_dtype(model))
-    width = batch["completion_input_ids"].size(2) if per_token else None
-    return _completion_logps(model, layout, batch["mask"].shape, chunk_size, width, wpo)
+        layout = packed_layout(batch) if strategy == "packed" else shared_prompt_layout(batch, _model_dtype(model))
+        width = batch["completion_input_ids"].size(2) if per_token else None
+        out = _completion_logps(model, layout, batch["mask"].shape, chunk_size, width, wpo)
+    return PolicyForward(*out) if wpo else PolicyForward(out)
+
+
+def sequence_logps(
+    model: nn.Module,
+    batch: Mapping[str, Tensor],
+    strategy: str = "baseline",
+    chunk_size: int | None = 1024,
+    per_token: bool = False,
+) -> Tensor:
+    """Summed completion log-probs [B, K] of `model` on a collated preference batch
+    (0 for padded items), or with `per_token` each completion token's [B, K, C]."""
+    return policy_forward(model, batch, strategy, chunk_size, per_token).logps

@@ -108,33 +108,22 @@ def trl_dpo_trainer(
     return DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=dataset, processing_class=tokenizer)
 
 
-def batch_logps(policy, reference, batch: dict[str, torch.Tensor], per_token: bool = False, wpo: bool = False):
-    """Our loss input for a collated batch, through `sequence_logps` (no grad); with
-    `per_token`, the per-token log-probs too, with `wpo` WPO's log weights (for losses
-    that read them)."""
-    from alignment.logprobs import sequence_logps
-    from alignment.losses import SequenceLogps
-    from alignment.losses.base import TokenLogps
+def batch_logps(policy, reference, batch: dict[str, torch.Tensor], reads=frozenset({"reference"})):
+    """Our loss input for a collated batch (no grad) through the trainer's own providers
+    (`alignment.trainers.inputs.loss_inputs`), for a loss that reads `reads`: the
+    reference's log-probs, and per-token log-probs or WPO's weights when read."""
+    from types import SimpleNamespace
+
+    from alignment.logprobs import policy_forward, sequence_logps
+    from alignment.trainers.inputs import loss_inputs
+
+    loss = SimpleNamespace(name="oracle test", reads=frozenset(reads) | {"reference"})
+
+    def forward(model, inputs, **options):
+        return policy_forward(model, inputs, **options)
+
+    def reference_logps(model, inputs, per_token):
+        return sequence_logps(reference, inputs, per_token=per_token)
 
     with torch.no_grad():
-        tokens = None
-        if per_token:
-            tokens = TokenLogps(
-                policy=sequence_logps(policy, batch, per_token=True),
-                reference=sequence_logps(reference, batch, per_token=True),
-                old_policy=None,
-                mask=batch["completion_attention_mask"].bool(),
-            )
-        wpo_log_weights = None
-        if wpo:
-            _, aligned = sequence_logps(policy, batch, wpo=True)
-            wpo_log_weights = aligned / batch["lengths"].clamp(min=1)
-        return SequenceLogps(
-            policy=sequence_logps(policy, batch),
-            reference=sequence_logps(reference, batch),
-            scores=batch["scores"],
-            mask=batch["mask"],
-            lengths=batch["lengths"],
-            tokens=tokens,
-            wpo_log_weights=wpo_log_weights,
-        )
+        return loss_inputs(None, loss, policy, batch, forward, reference_logps)

@@ -339,7 +339,7 @@ def test_registry_lists_every_loss_with_paper_defaults():
     assert loss_class("listmle").parameters() == {"beta": 0.1}
     for name in ALL_LOSSES:
         cls = loss_class(name)
-        assert cls.name == name and cls.paper and cls.formula and cls.__doc__ and cls.needs_reference
+        assert cls.name == name and cls.paper and cls.formula and cls.__doc__ and cls().needs_reference
         assert issubclass(cls, PairwiseLoss) == (name in PAIRWISE)
     assert get_loss("ipo", tau=0.3).reward_scale == 0.3
     assert get_loss("lipo").reward_scale == 0.05

@@ -360,7 +360,7 @@ def test_grpo_without_old_policy_is_the_policy_gradient():
 
 def test_grpo_needs_tokens():
     loss = get_loss("grpo", beta=0.0)
-    assert loss.needs_tokens is True
+    assert "tokens" in loss.reads
     with pytest.raises(ValueError, match="tokens"):
         loss(logps([[-1.0, -2.0]], scores=[[1.0, 0.0]]))
 
@@ -591,7 +591,7 @@ def test_flags_and_defaults():
         "rewards",
     ]
     assert [loss.online_only for loss in (spo, sppo, copg, rloo, grpo)] == [True, True, False, True, True]
-    assert [loss.needs_tokens for loss in (spo, sppo, copg, rloo, grpo)] == [False, False, False, False, True]
+    assert ["tokens" in loss.reads for loss in (spo, sppo, copg, rloo, grpo)] == [False, False, False, False, True]
     assert grpo.reuses_samples and not rloo.reuses_samples
     assert all(loss.num_samples is None and not loss.first_item_from_policy for loss in (spo, sppo, copg, rloo, grpo))
     assert all(loss.paper and loss.formula and loss.__doc__ for loss in (spo, sppo, copg, rloo, grpo))

@@ -88,7 +88,7 @@ def test_ld_dpo_weights_the_longer_completions_tail_by_hand():
     r_l = (-1.5 + a * -1.5) - (-0.3 + a * -2.2)  # -0.85 (plain DPO: -0.5)
     logps = pair_with_tokens()
     loss = get_loss("dpo", beta=1.0, ld_alpha=a)
-    assert loss.needs_tokens and not get_loss("dpo").needs_tokens
+    assert "tokens" in loss.reads and "tokens" not in get_loss("dpo").reads
     assert loss(logps).loss.item() == pytest.approx(L(1.0 - r_l), rel=1e-12)
     # ld_alpha = 1 is DPO itself; 0 keeps only the shared prefix
     assert get_loss("dpo", beta=1.0, ld_alpha=1.0)(logps).loss.item() == pytest.approx(L(1.5), rel=1e-12)
@@ -221,7 +221,7 @@ def test_gradcheck_ld_dpo_through_the_token_log_probs():
 def test_every_new_loss_names_its_paper_and_formula_and_has_typed_defaults(name):
     cls = loss_class(name)
     assert cls.paper and cls.formula and cls.__doc__
-    assert cls.needs_reference == (name not in REFERENCE_FREE)
+    assert cls().needs_reference == (name not in REFERENCE_FREE)
     for key, default in cls.parameters().items():
         assert key in cls.__annotations__ or any(
             key in base.__dict__.get("__annotations__", {}) for base in cls.__mro__
@@ -256,4 +256,4 @@ def test_wpo_weights_each_pair_by_its_two_completions_without_gradient():
     )
     assert grad_weights is None  # the weights are constants of the step, as in the paper
     assert grad_policy[0, 0].item() == pytest.approx(-0.1 * sigma(-0.15) * math.exp(0.3), rel=1e-12)
-    assert get_loss("dpo", wpo=True).needs_wpo_weights and not get_loss("dpo").needs_wpo_weights
+    assert "wpo_log_weights" in get_loss("dpo", wpo=True).reads and "wpo_log_weights" not in get_loss("dpo").reads

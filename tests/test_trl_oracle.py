@@ -83,7 +83,7 @@ def our_loss(rows, name, params, tmp_path) -> tuple[float, float]:
     policy, reference = tiny_model(seed=0).eval(), tiny_model(seed=1).eval()
     batch = collate(tokenized(rows, tmp_path, max_length=None, max_prompt_length=None))
     loss = get_loss(name, **params)
-    logps = batch_logps(policy, reference, batch, per_token=loss.needs_tokens, wpo=loss.needs_wpo_weights)
+    logps = batch_logps(policy, reference, batch, reads=loss.reads)
     with torch.no_grad():
         out = loss(logps)
     return out.loss.item(), get_loss("dpo")(logps).loss.item()

@@ -24,6 +24,7 @@ def resolve_reference(
     """Turn `auto` into a concrete reference and reject combinations that cannot work."""
     from alignment.losses import loss_terms
     from alignment.reference import STRATEGIES, auto_reference, reference_strategy
+    from alignment.trainers.inputs import LIVE_REFERENCE
 
     needing = [term.name for term in loss_terms(loss) if term.needs_reference]
     if reference.type == "auto":
@@ -39,16 +40,18 @@ def resolve_reference(
             f"reference: {reference.type!r} but no loss term needs a reference "
             f"({', '.join(term.name for term in loss_terms(loss))} are reference-free); use reference: none"
         )
-    # A precomputed reference holds one summed log-prob per stored completion: nothing per
-    # token, and nothing for completions paired with another row's prompt.
-    unstored = [
-        term.name for term in loss_terms(loss) if term.needs_reference and (term.needs_tokens or term.needs_mismatched)
-    ]
+    # A precomputed reference holds one summed log-prob per stored completion: the inputs
+    # in LIVE_REFERENCE (per token, or completions under another row's prompt) need the model.
+    unstored = {
+        term.name: sorted(term.reads & LIVE_REFERENCE)
+        for term in loss_terms(loss)
+        if term.needs_reference and term.reads & LIVE_REFERENCE
+    }
     if unstored and not strategy.live:
+        reads = "; ".join(f"{name} reads {', '.join(inputs)}" for name, inputs in unstored.items())
         raise ConfigError(
-            f"reference: {reference.type!r} stores one log-prob per completion, but loss {', '.join(unstored)} reads "
-            "the reference per token (ld_alpha) or on mismatched prompt-completion pairs (kto's KL baseline); "
-            "use reference: model, or adapter with lora"
+            f"reference: {reference.type!r} stores one log-prob per completion, but loss {', '.join(unstored)} "
+            f"needs the reference model itself ({reads}); use reference: model, or adapter with lora"
         )
     if strategy.needs_lora and lora is None:
         raise ConfigError(
@@ -180,13 +183,16 @@ def check_quantization(quantization: QuantizationConfig | None, lora: LoraConfig
         )
 
 
-def check_mismatched_batch(loss: PreferenceLoss, training: dict) -> None:
-    """KTO's KL baseline pairs each completion with another list's prompt from the same
-    batch: a batch of one list has no other prompt, and the estimate would be the
-    matched log-ratio itself."""
+def check_lists_per_batch(loss: PreferenceLoss, training: dict) -> None:
+    """Inputs built from the other lists of a batch (`MIN_LISTS`: KTO's KL baseline pairs
+    each completion with another list's prompt) need that many lists per process: with
+    one, the estimate would be the matched log-ratio itself."""
+    from alignment.trainers.inputs import MIN_LISTS
+
     size = training.get("per_device_train_batch_size", 8)
-    if loss.needs_mismatched and isinstance(size, int) and size < 2:
-        raise ConfigError(
-            f"training.per_device_train_batch_size is {size}, but loss {loss.name} estimates its KL baseline from "
-            "mismatched prompt-completion pairs within a batch, which needs at least 2 rows per batch"
-        )
+    for name in sorted(loss.reads & set(MIN_LISTS)):
+        if isinstance(size, int) and size < MIN_LISTS[name]:
+            raise ConfigError(
+                f"training.per_device_train_batch_size is {size}, but loss {loss.name} reads {name}, built from "
+                f"the other lists of its batch, which needs at least {MIN_LISTS[name]} rows per batch"
+            )

@@ -13,7 +13,7 @@ import yaml
 
 from alignment.config.combinations import (
     check_evaluation,
-    check_mismatched_batch,
+    check_lists_per_batch,
     check_model_head,
     check_online,
     check_quantization,
@@ -135,7 +135,7 @@ def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None
     # An online run whose reference moves or is another model reports its win rate against that reference.
     check_evaluation(evaluation, data, online, reference.is_initial_policy(model))
     check_quantization(quantization, lora, model)
-    check_mismatched_batch(loss_fn, training)
+    check_lists_per_batch(loss_fn, training)
 
     resolved = {
         "model": dataclasses.asdict(model),

@@ -16,7 +16,7 @@ from torch import Tensor
 @dataclass
 class TokenLogps:
     """Per-token log-probs of the completion tokens, [B, K, T], for token-level losses
-    (`needs_tokens`). `policy` carries the gradient and sums over T to
+    (`reads` has "tokens"). `policy` carries the gradient and sums over T to
     `SequenceLogps.policy`; `old_policy` holds the log-probs under the policy that
     sampled the completions (detached; None: the current policy, i.e. one update per
     batch); `mask` marks real completion tokens."""
@@ -25,6 +25,15 @@ class TokenLogps:
     reference: Tensor | None
     old_policy: Tensor | None
     mask: Tensor
+
+    def masked(self, items: Tensor) -> TokenLogps:
+        """A copy with 0 past each completion's real tokens and in padded list items (`items`, [B, K])."""
+        real = self.mask.bool() & items.bool()[:, :, None]
+
+        def clean(t: Tensor | None) -> Tensor | None:
+            return None if t is None else torch.where(real, t, torch.zeros_like(t))
+
+        return TokenLogps(clean(self.policy), clean(self.reference), clean(self.old_policy), real)
 
 
 @dataclass
@@ -40,6 +49,16 @@ class LatentPosterior:
     users: Tensor | None = None
 
 
+# What `SequenceLogps.masked` puts in a padded list item, by the shape of the field:
+# "items" [B, K] (fill value), "pairs" [B, K, K] (fill where either item is padding),
+# "tokens" (a TokenLogps: zero past the real tokens), or nothing (left as it is).
+ITEMS, PAIRS, TOKENS = "items", "pairs", "tokens"
+
+
+def _padded(shape: str, fill: float = 0.0) -> dict[str, Any]:
+    return {"padded": (shape, fill)}
+
+
 @dataclass
 class SequenceLogps:
     """Per-completion log-probs of a batch of B prompts with K completions each.
@@ -49,33 +68,30 @@ class SequenceLogps:
     padded); padded items may hold any finite value and must never change a loss.
     `lengths` are completion token counts (>= 1 for real items).
 
-    Online, `preferences` [B, K, K] holds the judge's P(y_i > y_j) (P_ji = 1 - P_ij,
-    diagonal 1/2), and `tokens` the per-token log-probs when the loss asks for them.
-
-    For reward-model losses (`model_head` other than "policy") `policy` holds the
-    model's score of each completion instead of a log-prob: the reward r(x, y_k)
-    (`reward`, `vpl`), or for a pairwise preference model (`preference`) the item's mean
-    log-odds of beating the others; `pair_logits` [B, K, K] then holds the preference
-    model's logit of P(y_i > y_j) read in that order. `margins` [B] is the data's
-    per-row reward margin (0 when the data has none) and `latent` a VPL posterior.
-    `kl_baseline` (a scalar) is KTO's estimate of KL(policy || reference): the mean
-    log-ratio of the batch's completions each under another list's prompt.
-    `wpo_log_weights` [B, K] (no gradient) is WPO's log weight of each completion under
-    the policy, (1/|y|) sum_t [log p(y_t) - log sum_v p(v)^2].
+    The optional fields are the inputs a loss may declare in `reads` (`INPUTS` says what
+    each holds); the trainer fills exactly those. For reward-model losses (`model_head`
+    other than "policy") `policy` holds the model's score of each completion instead of
+    a log-prob: read it as `model_scores`.
     """
 
-    policy: Tensor
-    reference: Tensor | None
-    scores: Tensor
+    policy: Tensor = field(metadata=_padded(ITEMS))
+    reference: Tensor | None = field(metadata=_padded(ITEMS))
+    scores: Tensor = field(metadata=_padded(ITEMS))
     mask: Tensor
-    lengths: Tensor
-    preferences: Tensor | None = None
-    tokens: TokenLogps | None = None
+    lengths: Tensor = field(metadata=_padded(ITEMS, 1.0))
+    preferences: Tensor | None = field(default=None, metadata=_padded(PAIRS, 0.5))
+    tokens: TokenLogps | None = field(default=None, metadata=_padded(TOKENS))
     margins: Tensor | None = None
-    pair_logits: Tensor | None = None
+    pair_logits: Tensor | None = field(default=None, metadata=_padded(PAIRS, 0.0))
     latent: LatentPosterior | None = None
     kl_baseline: Tensor | None = None
-    wpo_log_weights: Tensor | None = None
+    wpo_log_weights: Tensor | None = field(default=None, metadata=_padded(ITEMS))
+
+    @property
+    def model_scores(self) -> Tensor:
+        """A reward or preference model's score of each completion, [B, K]: the `policy`
+        slot, which holds scores rather than log-probs when a loss trains a judge."""
+        return self.policy
 
     def logratios(self) -> Tensor:
         """policy - reference (policy alone when there is no reference)."""
@@ -84,51 +100,28 @@ class SequenceLogps:
         return self.policy - self.reference
 
     def masked(self) -> SequenceLogps:
-        """A copy whose padded items hold 0 (log-probs, scores) and length 1.
+        """A copy whose padded items hold 0 (log-probs, scores; 1/2 for preferences) and
+        length 1, each field by the shape its metadata declares.
 
         Losses call this first: padded slots may hold anything finite (or zero lengths),
         and `torch.where` after a division or a large subtraction would still send NaN
         gradients back through the discarded branch. Cleaning the inputs avoids that."""
         mask = self.mask.bool()
-
-        def clean(t: Tensor | None, fill: float) -> Tensor | None:
-            return None if t is None else torch.where(mask, t, torch.full_like(t, fill))
-
-        preferences = None
-        if self.preferences is not None:
-            real = mask[:, :, None] & mask[:, None, :]
-            preferences = torch.where(real, self.preferences, torch.full_like(self.preferences, 0.5))
-        pair_logits = None
-        if self.pair_logits is not None:
-            real = mask[:, :, None] & mask[:, None, :]
-            pair_logits = torch.where(real, self.pair_logits, torch.zeros_like(self.pair_logits))
-        tokens = None
-        if self.tokens is not None:
-            token_mask = self.tokens.mask.bool() & mask[:, :, None]
-
-            def clean_tokens(t: Tensor | None) -> Tensor | None:
-                return None if t is None else torch.where(token_mask, t, torch.zeros_like(t))
-
-            tokens = TokenLogps(
-                policy=clean_tokens(self.tokens.policy),
-                reference=clean_tokens(self.tokens.reference),
-                old_policy=clean_tokens(self.tokens.old_policy),
-                mask=token_mask,
-            )
-        return SequenceLogps(
-            policy=clean(self.policy, 0.0),
-            reference=clean(self.reference, 0.0),
-            scores=clean(self.scores, 0.0),
-            mask=mask,
-            lengths=clean(self.lengths, 1).clamp(min=1),
-            preferences=preferences,
-            tokens=tokens,
-            margins=self.margins,
-            pair_logits=pair_logits,
-            latent=self.latent,
-            kl_baseline=self.kl_baseline,
-            wpo_log_weights=clean(self.wpo_log_weights, 0.0),
-        )
+        pairs = mask[:, :, None] & mask[:, None, :]
+        cleaned: dict[str, Any] = {"mask": mask}
+        for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            if spec.name == "mask" or value is None or "padded" not in spec.metadata:
+                cleaned.setdefault(spec.name, value)
+                continue
+            shape, fill = spec.metadata["padded"]
+            if shape == TOKENS:
+                cleaned[spec.name] = value.masked(mask)
+            else:
+                real = mask if shape == ITEMS else pairs
+                cleaned[spec.name] = torch.where(real, value, torch.full_like(value, fill))
+        cleaned["lengths"] = cleaned["lengths"].clamp(min=1)
+        return SequenceLogps(**cleaned)
 
 
 @dataclass
@@ -154,53 +147,64 @@ class UnknownLossError(KeyError):
         return str(self.args[0])
 
 
+# The inputs a loss may read beyond `policy`, `scores`, `mask` and `lengths`, by the name
+# it declares in `reads`. Each is a field of SequenceLogps filled by one provider:
+# trainers/inputs.py for the policy trainers, the model head (rewards/heads.py) for judges.
+INPUTS = {
+    "reference": "the reference's log-probs [B, K]",
+    "tokens": "per-token log-probs of policy, reference and sampling policy (TokenLogps)",
+    "preferences": "online: the judge's P(y_i > y_j) [B, K, K] (P_ji = 1 - P_ij, diagonal 1/2)",
+    "kl_baseline": "KTO's KL(policy || reference) estimate: the mean log-ratio of each completion under "
+    "another list's prompt (a scalar, averaged over processes)",
+    "wpo_log_weights": "WPO's log weight of each completion [B, K], (1/|y|) sum_t [log p(y_t) - log sum_v p(v)^2]",
+    "margins": "the data's per-row reward margin [B] (0 when the data has none)",
+    "pair_logits": "a pairwise preference model's logit of P(y_i > y_j) [B, K, K]",
+    "latent": "a VPL encoder's posterior over the user's latent (LatentPosterior)",
+}
+
+
 class PreferenceLoss:
     """Base of every registered loss. Subclasses are dataclasses whose fields are the
     loss's parameters (typed, with the paper's defaults); `__post_init__` checks ranges.
 
     Class attributes: `name` (registry key, set by `register_loss`), `paper` (citation),
-    `formula` (one line), `needs_reference` (False lets the trainer skip the reference
-    forward entirely), `online_only` (the loss learns from judged on-line samples, with
-    `scores` = [P(y0 > y1), P(y1 > y0)], and cannot train on a fixed dataset) and
-    `first_item_from_policy` (online: item 0 must be sampled from the policy itself,
-    whatever the recipe's sampler; the other items come from the sampler).
+    `formula` (one line) and `reads`, the inputs the loss reads by their `INPUTS` name.
+    The trainer computes exactly those; `needs_reference` ("reference" in `reads`) lets
+    it skip the reference forward entirely. A loss whose inputs depend on a parameter
+    (no reference when a KL weight is 0) makes `reads` a property.
 
-    Online, `feedback` says what the trainer puts in `scores`: "preferences" (each
-    item's leave-one-out win rate 1/(K-1) sum_{j != i} P(y_i > y_j); for K = 2,
-    [P(y0 > y1), P(y1 > y0)]), "rewards" (a scalar reward per completion; a preference
-    judge's win rates serve as rewards) or "any" (whatever the judge gives). A reward
-    judge feeds a preference loss through Bradley-Terry, P = sigmoid(r_i - r_j).
-    `num_samples` is the K a loss requires (None: any K >= 2), `needs_tokens` asks for
-    per-token log-probs, `needs_mismatched` asks for the log-ratios of each completion
-    under another list's prompt (`SequenceLogps.mismatched`, KTO's KL baseline),
-    `needs_wpo_weights` asks for `SequenceLogps.wpo_log_weights`,
-    `accepts_unpaired` lets single-completion rows (a desirable or undesirable label,
-    no pair) into the data, and `reuses_samples` marks a loss with an importance-ratio
-    surrogate that may train several updates on one batch of samples.
-
-    `model_head` says which model the loss trains: "policy" (a causal LM; `policy` is
-    log-probs), or a judge for online training: "reward" (a scalar reward model),
-    "preference" (a pairwise preference model) or "vpl" (a reward conditioned on a
-    user's latent, Poddar et al. 2024). `alignment.rewards.heads` holds their forwards.
-
-    A flag that depends on a parameter (e.g. no reference when a KL weight is 0) is a
-    property of the instance; the config and trainers read every flag from instances."""
+    How the loss trains: `online_only` (it learns from judged on-line samples and cannot
+    train on a fixed dataset), `first_item_from_policy` (online: item 0 is sampled from
+    the policy itself, whatever the recipe's sampler), `feedback` (what the trainer puts
+    in `scores` online: "preferences", each item's leave-one-out win rate
+    1/(K-1) sum_{j != i} P(y_i > y_j); "rewards", a scalar reward per completion, a
+    preference judge's win rates serving as rewards; or "any"; a reward judge feeds a
+    preference loss through Bradley-Terry, P = sigmoid(r_i - r_j)), `num_samples` (the K
+    it requires; None: any K >= 2), `accepts_unpaired` (single-completion rows with a
+    desirable or undesirable label may enter the data), `reuses_samples` (an
+    importance-ratio surrogate that may train several updates on one batch of samples)
+    and `model_head`: "policy" (a causal LM; `policy` is log-probs), or a judge for
+    online training: "reward" (a scalar reward model), "preference" (a pairwise
+    preference model) or "vpl" (a reward conditioned on a user's latent, Poddar et al.
+    2024); `alignment.rewards.heads` holds their forwards."""
 
     name: ClassVar[str] = ""
     trl: ClassVar[str] = ""  # what a TRL user knows this loss as ("" when TRL has none)
     paper: ClassVar[str] = ""
     formula: ClassVar[str] = ""
-    needs_reference: ClassVar[bool] = True
+    reads: ClassVar[frozenset[str]] = frozenset({"reference"})
     online_only: ClassVar[bool] = False
     first_item_from_policy: ClassVar[bool] = False
     feedback: ClassVar[str] = "any"
     num_samples: ClassVar[int | None] = None
-    needs_tokens: ClassVar[bool] = False
-    needs_mismatched: ClassVar[bool] = False
-    needs_wpo_weights: ClassVar[bool] = False
     accepts_unpaired: ClassVar[bool] = False
     reuses_samples: ClassVar[bool] = False
     model_head: ClassVar[str] = "policy"
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the loss reads the reference (derived from `reads`)."""
+        return "reference" in self.reads
 
     @property
     def reward_scale(self) -> float:
@@ -295,4 +299,8 @@ def get_loss(name: str, **params: Any) -> PreferenceLoss:
         raise LossParameterError(
             f"loss {name!r} has no parameter {', '.join(map(repr, unknown))}; its parameters are: {listed}"
         )
-    return cls(**params)
+    loss = cls(**params)
+    unknown_inputs = sorted(set(loss.reads) - set(INPUTS))
+    if unknown_inputs:  # a programming error in the loss, not the recipe's
+        raise TypeError(f"loss {name!r} reads {unknown_inputs}, which no provider gives; inputs: {', '.join(INPUTS)}")
+    return loss

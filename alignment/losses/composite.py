@@ -15,14 +15,17 @@ from alignment.losses.base import (
     get_loss,
 )
 
+_NONE = object()  # no value abstains
+
 
 class CompositeLoss(PreferenceLoss):
     """loss = sum_i weight_i * loss_i over (weight, loss) terms.
 
     Metrics are the first term's (the shared reward vocabulary and its parts) plus
     `loss/<name>` with each term's unweighted loss; a name used twice gets a suffix
-    `_<index>` from its second use on. `needs_reference`, `online_only` and
-    `first_item_from_policy` are true when any term has them."""
+    `_<index>` from its second use on. It reads the union of its terms' inputs; it is
+    online-only, or samples item 0 from the policy, or reuses samples when any term
+    does, and takes unpaired rows only when every term can learn from them."""
 
     paper = "weighted sum of registered losses"
     formula = "sum_i weight_i * loss_i"
@@ -31,40 +34,41 @@ class CompositeLoss(PreferenceLoss):
         self.terms = [(float(weight), loss) for weight, loss in terms]
         if not self.terms:
             raise LossParameterError("a composite loss needs at least one term")
-        # Instance attributes shadow the class-level flags the trainer reads.
-        self.needs_reference = any(loss.needs_reference for _, loss in self.terms)
-        self.online_only = any(loss.online_only for _, loss in self.terms)
-        self.first_item_from_policy = any(loss.first_item_from_policy for _, loss in self.terms)
-        self.needs_tokens = any(loss.needs_tokens for _, loss in self.terms)
-        self.needs_mismatched = any(loss.needs_mismatched for _, loss in self.terms)
-        self.needs_wpo_weights = any(loss.needs_wpo_weights for _, loss in self.terms)
-        # unpaired rows train only when every term can learn from them
-        self.accepts_unpaired = all(loss.accepts_unpaired for _, loss in self.terms)
-        self.reuses_samples = any(loss.reuses_samples for _, loss in self.terms)
-        feedback = {loss.feedback for _, loss in self.terms} - {"any"}
-        if len(feedback) > 1:
-            raise LossParameterError(
-                f"the loss terms need different online feedback ({', '.join(sorted(feedback))}) in `scores`; "
-                "combine terms that read the same kind"
-            )
-        self.feedback = feedback.pop() if feedback else "any"
-        samples = {loss.num_samples for _, loss in self.terms} - {None}
-        if len(samples) > 1:
-            raise LossParameterError(
-                f"the loss terms require different numbers of samples per prompt: {sorted(samples)}"
-            )
-        self.num_samples = samples.pop() if samples else None
-        heads = {loss.model_head for _, loss in self.terms}
-        if len(heads) > 1:
-            raise LossParameterError(
-                f"the loss terms train different models ({', '.join(sorted(heads))}); a recipe trains one model"
-            )
-        self.model_head = heads.pop()
+        self.feedback = self._agreed("feedback", "need different online feedback in `scores`", ignore="any")
+        self.num_samples = self._agreed("num_samples", "require different numbers of samples per prompt", ignore=None)
+        self.model_head = self._agreed("model_head", "train different models (a recipe trains one model)")
         self.name = " + ".join(f"{weight:g} * {loss.name}" for weight, loss in self.terms)
         self._keys: list[str] = []
         for i, (_, loss) in enumerate(self.terms):
             key = f"loss/{loss.name}"
             self._keys.append(key if key not in self._keys else f"{key}_{i}")
+
+    def _agreed(self, flag: str, conflict: str, ignore: Any = _NONE) -> Any:
+        """The one value of `flag` among the terms (values equal to `ignore` abstain)."""
+        values = {getattr(loss, flag) for _, loss in self.terms} - {ignore}
+        if len(values) > 1:
+            raise LossParameterError(f"the loss terms {conflict}: {', '.join(sorted(map(str, values)))}")
+        return values.pop() if values else ignore
+
+    @property
+    def reads(self) -> frozenset[str]:  # type: ignore[override]
+        return frozenset().union(*(loss.reads for _, loss in self.terms))
+
+    @property
+    def online_only(self) -> bool:  # type: ignore[override]
+        return any(loss.online_only for _, loss in self.terms)
+
+    @property
+    def first_item_from_policy(self) -> bool:  # type: ignore[override]
+        return any(loss.first_item_from_policy for _, loss in self.terms)
+
+    @property
+    def reuses_samples(self) -> bool:  # type: ignore[override]
+        return any(loss.reuses_samples for _, loss in self.terms)
+
+    @property
+    def accepts_unpaired(self) -> bool:  # type: ignore[override]
+        return all(loss.accepts_unpaired for _, loss in self.terms)
 
     @property
     def reward_scale(self) -> float:

@@ -25,14 +25,18 @@ def item_mean(value: Tensor, mask: Tensor, weight: Tensor) -> tuple[Tensor, Tens
 
 
 class OptionalKL:
-    """A loss whose KL weight (the parameter named `kl_weight`) may be 0: then it needs
-    no reference, and its implicit-reward metrics use scale 1."""
+    """A loss whose KL weight (the parameter named `kl_weight`) may be 0: then it does not
+    read the reference, and its implicit-reward metrics use scale 1. `reads_with_kl` are
+    its inputs with a KL weight > 0."""
 
     kl_weight: ClassVar[str] = "beta"
+    reads_with_kl: ClassVar[frozenset[str]] = frozenset({"reference"})
 
     @property
-    def needs_reference(self) -> bool:  # type: ignore[override]
-        return getattr(self, self.kl_weight) > 0
+    def reads(self) -> frozenset[str]:
+        if getattr(self, self.kl_weight) > 0:
+            return self.reads_with_kl
+        return self.reads_with_kl - {"reference"}
 
     @property
     def reward_scale(self) -> float:

@@ -55,7 +55,7 @@ class KTOLoss(PreferenceLoss):
     trl = "KTOTrainer loss_type='kto'"
     paper = "Ethayarajh et al. 2024, KTO: Model Alignment as Prospect Theoretic Optimization"
     formula = "w_D (1 - sigma(beta (r - z0))) | w_U (1 - sigma(beta (z0 - r))), z0 = max(0, KL estimate)"
-    needs_mismatched = True
+    reads = frozenset({"reference", "kl_baseline"})
     accepts_unpaired = True
 
     beta: float = 0.1

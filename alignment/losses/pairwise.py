@@ -83,12 +83,11 @@ class PairwiseLoss(PreferenceLoss):
         check_choice(self.name, "wpo", self.wpo, (False, True))
 
     @property
-    def needs_wpo_weights(self) -> bool:
-        return self.wpo
-
-    @property
-    def needs_tokens(self) -> bool:  # LD-DPO splits each completion at the pair's shared length
-        return self.ld_alpha is not None
+    def reads(self) -> frozenset[str]:  # type: ignore[override]
+        extra = {"wpo_log_weights"} if self.wpo else set()
+        if self.ld_alpha is not None:  # LD-DPO splits each completion at the pair's shared length
+            extra.add("tokens")
+        return frozenset({"reference", *extra})
 
     def pair_logratios(self, logps: SequenceLogps) -> tuple[Tensor, Tensor]:
         """(r_w, r_l), [B, K, K]: entry [b, i, j] holds the log-ratios of items i and j."""

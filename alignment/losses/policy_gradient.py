@@ -144,7 +144,7 @@ class GRPOLoss(OptionalKL, PreferenceLoss):
     )
     online_only = True
     feedback = "rewards"
-    needs_tokens = True
+    reads_with_kl = frozenset({"reference", "tokens"})  # the ratio to the sampling policy, per token
     reuses_samples = True
 
     epsilon: float = 0.2

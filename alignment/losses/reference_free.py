@@ -54,7 +54,7 @@ class ReferenceFreeLoss(PreferenceLoss):
     """Base: selected pairs, a per-pair preference loss of the policy's own (summed or
     averaged) log-probs, plus `nll_weight` times the chosen completions' token NLL."""
 
-    needs_reference = False
+    reads = frozenset()
     averages_tokens = False  # whether the preference term sees avg instead of logp
 
     pairs: PairMode = "best_vs_worst"
@@ -196,7 +196,7 @@ class SFTLoss(PreferenceLoss):
     trl = "DPOTrainer loss_type='sft'"
     paper = "Ouyang et al. 2022 (supervised fine-tuning on the chosen completions)"
     formula = "sum(-logp_w) / sum(|y_w|) over the selected pairs"
-    needs_reference = False
+    reads = frozenset()
 
     pairs: PairMode = "best_vs_worst"
 

@@ -61,7 +61,7 @@ class BradleyTerryLoss(PreferenceLoss):
     trl = "RewardTrainer (the margin column; center_rewards_coefficient)"
     paper = "Bradley & Terry 1952; Ouyang et al. 2022 (reward model); Eisenstein et al. 2023 (centering)"
     formula = "mean L(r_w - r_l - margin) + c * mean (r_w + r_l)^2"
-    needs_reference: ClassVar[bool] = False
+    reads: ClassVar[frozenset[str]] = frozenset({"margins"})
     model_head: ClassVar[str] = "reward"
 
     center_rewards_coefficient: float = 0.0
@@ -80,7 +80,7 @@ class BradleyTerryLoss(PreferenceLoss):
     def __call__(self, logps: SequenceLogps) -> LossOutput:
         logps = logps.masked()
         selected = pair_mask(logps.scores, logps.mask, self.pairs)
-        r = logps.policy
+        r = logps.model_scores
         margin = 0.0 if logps.margins is None else logps.margins.to(r.dtype)[:, None, None]
         h = torch.where(selected, r[:, :, None] - r[:, None, :] - margin, 0.0)
         total = torch.where(selected, r[:, :, None] + r[:, None, :], 0.0)
@@ -106,7 +106,7 @@ class PlackettLuceLoss(PreferenceLoss):
 
     paper = "Plackett 1975, The Analysis of Permutations; Luce 1959, Individual Choice Behavior"
     formula = "-sum_k [r_(k) - logsumexp_{j >= k} r_(j)], items in label order"
-    needs_reference: ClassVar[bool] = False
+    reads: ClassVar[frozenset[str]] = frozenset()
     model_head: ClassVar[str] = "reward"
 
     @property
@@ -115,7 +115,7 @@ class PlackettLuceLoss(PreferenceLoss):
 
     def __call__(self, logps: SequenceLogps) -> LossOutput:
         logps = logps.masked()
-        per_list, lists = plackett_luce_nll(logps.policy, logps.scores, logps.mask)
+        per_list, lists = plackett_luce_nll(logps.model_scores, logps.scores, logps.mask)
         loss = per_list.sum() / lists.sum().clamp(min=1).to(per_list.dtype)
         metrics, counts = reward_metrics(logps, 1.0)
         return LossOutput(loss, *_with_accuracy(metrics, counts))
@@ -140,7 +140,7 @@ class PairwisePreferenceLoss(PreferenceLoss):
 
     paper = "Munos et al. 2023, Nash Learning from Human Feedback (the preference model)"
     formula = "mean [L(f(x, w, l)) + L(-f(x, l, w))] / 2, f = logit P(y > y' | x)"
-    needs_reference: ClassVar[bool] = False
+    reads: ClassVar[frozenset[str]] = frozenset({"pair_logits"})
     model_head: ClassVar[str] = "preference"
 
     pairs: PairMode = "best_vs_worst"
@@ -213,7 +213,7 @@ class VPLLoss(PreferenceLoss):
 
     paper = "Poddar et al. 2024, Personalizing Reinforcement Learning from Human Feedback with Variational Preference Learning"
     formula = "mean L(r(x,w,z) - r(x,l,z)) + kl_weight * a(t) * KL(q(z|context) || N(0, I)), z ~ q"
-    needs_reference: ClassVar[bool] = False
+    reads: ClassVar[frozenset[str]] = frozenset({"latent"})
     model_head: ClassVar[str] = "vpl"
 
     kl_weight: float = 0.001
@@ -248,7 +248,7 @@ class VPLLoss(PreferenceLoss):
             raise ValueError(f"{self.name}: the batch has no latent posterior (train it with the VPL model head)")
         logps = logps.masked()
         selected = pair_mask(logps.scores, logps.mask, "best_vs_worst")
-        r = logps.policy
+        r = logps.model_scores
         h = torch.where(selected, r[:, :, None] - r[:, None, :], 0.0)
         likelihood = _mean_over(neg_logsigmoid(h), selected)
         mean, log_var = logps.latent.mean, logps.latent.log_var

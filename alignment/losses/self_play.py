@@ -62,6 +62,7 @@ class SPOLoss(OptionalKL, PreferenceLoss):
     online_only = True
     feedback = "preferences"
     kl_weight = "tau"
+    reads_with_kl = frozenset({"reference", "preferences"})
 
     tau: float = 0.0
 
@@ -139,6 +140,7 @@ class SPPOLoss(PreferenceLoss):
     formula = "mean over selected i of (rho_i - (P_i - 1/2) / beta)^2, P_i = (1/K) sum_k P(y_i > y_k) (self included)"
     online_only = True
     feedback = "preferences"
+    reads = frozenset({"reference", "preferences"})
 
     beta: float = 1e-3
     select: Literal["best_and_worst", "all"] = "best_and_worst"

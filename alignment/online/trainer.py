@@ -69,6 +69,8 @@ class OnlineTrainer(PreferenceTrainer):
     `eval_win_rate_vs_initial` (the reference is the initial policy) or
     `eval_win_rate_vs_reference`."""
 
+    samples_online = True
+
     def __init__(
         self,
         model: nn.Module,

@@ -59,9 +59,7 @@ def probe_enabled(setting: str, trainer: Any) -> bool:
     owns backward); `on` forces it (also on CPU); `off` skips it."""
     if setting != "auto":
         return setting == "on"
-    from alignment.online.trainer import OnlineTrainer
-
-    offline = not isinstance(trainer, OnlineTrainer)
+    offline = not trainer.samples_online  # an online batch is prompts: its lists exist only once sampled
     return trainer.args.device.type not in ("cpu", "meta") and not trainer.is_deepspeed_enabled and offline
 
 

@@ -14,15 +14,15 @@ from trl.models.utils import unwrap_model_for_generation
 
 from alignment.config import ReferenceUpdateConfig
 from alignment.data import PreferenceCollator
-from alignment.logprobs import sequence_logps
+from alignment.logprobs import PolicyForward, policy_forward
 from alignment.losses import LossOutput, PreferenceLoss, SequenceLogps
-from alignment.losses.base import TokenLogps
 from alignment.online.evaluation import GenerationEvaluation
 from alignment.reference import FrozenModel, NoReference, Reference
 from alignment.reference.updates import ReferenceUpdate
 from alignment.trainers.arguments import AlignmentTrainingArguments
 from alignment.trainers.checkpoints import mark_complete
 from alignment.trainers.faults import guard_nonfinite
+from alignment.trainers.inputs import loss_inputs
 from alignment.trainers.metrics import MetricAccumulator
 from alignment.trainers.output_dir import checkpoint_parts, disk_full_reported
 
@@ -38,6 +38,8 @@ class PreferenceTrainer(Trainer):
     shorthand for a frozen copy. A reference-free loss never runs a reference forward;
     offline it drops the reference, online it keeps a live one to sample the initial
     policy for the evaluation's win rate."""
+
+    samples_online = False  # the batches are the data's lists (OnlineTrainer: prompts, sampled each step)
 
     def __init__(
         self,
@@ -134,14 +136,12 @@ class PreferenceTrainer(Trainer):
     def _keeps_unneeded_reference(reference: Reference) -> bool:
         return False
 
-    def reference_logps(
-        self, model: nn.Module, inputs: Mapping[str, Tensor], forward: Callable | None = None
-    ) -> Tensor | None:
-        """The reference's log-probs by `forward` (default: per completion), or None when
-        the loss does not read them."""
+    def reference_logps(self, model: nn.Module, inputs: Mapping[str, Tensor], per_token: bool = False) -> Tensor | None:
+        """The reference's log-probs per completion (or per token), or None when the loss
+        does not read them."""
         if not self.loss_fn.needs_reference:
             return None
-        return self.reference.logps(model, inputs, forward or self._logps)
+        return self.reference.logps(model, inputs, self._token_logps if per_token else self._logps)
 
     def prepare_reference(self) -> None:
         """The reference's work before step 1: for `precompute`, one pass over the train
@@ -152,64 +152,23 @@ class PreferenceTrainer(Trainer):
         self.train_dataset = filled.get("train", self.train_dataset)
         self.eval_dataset = filled.get("eval", self.eval_dataset)
 
+    def _forward(self, model: nn.Module, inputs: Mapping[str, Tensor], **options: bool) -> PolicyForward:
+        return policy_forward(model, inputs, self.args.forward, self.args.logprob_chunk_size or None, **options)
+
     def _logps(self, model: nn.Module, inputs: Mapping[str, Tensor]) -> Tensor:
-        return sequence_logps(model, inputs, self.args.forward, self.args.logprob_chunk_size or None)
+        return self._forward(model, inputs).logps
 
     def _token_logps(self, model: nn.Module, inputs: Mapping[str, Tensor]) -> Tensor:
-        return sequence_logps(model, inputs, self.args.forward, self.args.logprob_chunk_size or None, per_token=True)
+        return self._forward(model, inputs, per_token=True).logps
 
     def batch_logps(
-        self, model: nn.Module, inputs: Mapping[str, Tensor], old_policy: Tensor | None = None, **extra: Any
+        self, model: nn.Module, inputs: Mapping[str, Tensor], old_policy: Tensor | None = None, **given: Any
     ) -> SequenceLogps:
-        """The loss's input for a collated batch: policy (with grad) and reference
-        log-probs, per token too when the loss reads them (`needs_tokens`; `old_policy`
-        is then the sampling policy's token log-probs). `extra` adds fields (online:
-        `preferences`)."""
-        forward = self._token_logps if self.loss_fn.needs_tokens else self._logps
-        if self.loss_fn.needs_wpo_weights:
-            policy, aligned = sequence_logps(
-                model,
-                inputs,
-                self.args.forward,
-                self.args.logprob_chunk_size or None,
-                per_token=self.loss_fn.needs_tokens,
-                wpo=True,
-            )
-            extra["wpo_log_weights"] = aligned / inputs["lengths"].clamp(min=1).to(aligned.dtype)
-        else:
-            policy = forward(model, inputs)
-        reference = self.reference_logps(model, inputs, forward)
-        tokens = None
-        if self.loss_fn.needs_tokens:
-            mask = inputs["completion_attention_mask"].bool()
-            tokens = TokenLogps(policy=policy, reference=reference, old_policy=old_policy, mask=mask)
-            policy, reference = policy.sum(-1), None if reference is None else reference.sum(-1)
-        if self.loss_fn.needs_mismatched:
-            extra["kl_baseline"] = self.kl_baseline(model, inputs)
-        return SequenceLogps(
-            policy=policy,
-            reference=reference,
-            scores=inputs["scores"],
-            mask=inputs["mask"],
-            lengths=inputs["lengths"],
-            tokens=tokens,
-            **extra,
-        )
-
-    @torch.no_grad()
-    def kl_baseline(self, model: nn.Module, inputs: Mapping[str, Tensor]) -> Tensor:
-        """KTO's KL estimate: the mean log-ratio of every completion under the next list's
-        prompt (the pairs TRL's rotation of completions makes), over all processes. The
-        reference is a live one here (the config refuses precomputed log-probs)."""
-        shifted = {key: value for key, value in inputs.items() if key != "reference_logps"}
-        for key in ("prompt_input_ids", "prompt_attention_mask"):
-            shifted[key] = inputs[key].roll(-1, dims=0)
-        logratios = self._logps(model, shifted) - self.reference.logps(model, shifted, self._logps)
-        mask = inputs["mask"].to(logratios.dtype)
-        totals = torch.stack([(logratios * mask).sum(), mask.sum()])
-        if self.accelerator.num_processes > 1:
-            totals = self.accelerator.reduce(totals, "sum")
-        return totals[0] / totals[1].clamp(min=1)
+        """The loss's input for a collated batch: the policy's log-probs (with grad) and
+        exactly the inputs the loss reads, each from its provider (trainers/inputs.py).
+        `old_policy` is the sampling policy's token log-probs; `given` what the caller
+        provides itself (online: `preferences`)."""
+        return loss_inputs(self, self.loss_fn, model, inputs, self._forward, self.reference_logps, old_policy, **given)
 
     def compute_loss(
         self, model: nn.Module, inputs: dict[str, Tensor], return_outputs: bool = False, num_items_in_batch=None
