@@ -8,52 +8,17 @@ import argparse
 import inspect
 import sys
 
-from alignment.config import SECTIONS, ConfigError, load_config
-
-
-def split_args(argv: list[str]) -> tuple[str | None, list[str]]:
-    """`--config PATH` (or `--config=PATH`) plus dotted overrides `--section.key=value`."""
-    config, overrides, i = None, [], 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--config":
-            if i + 1 >= len(argv):
-                raise ConfigError("--config needs a recipe path")
-            config, i = argv[i + 1], i + 2
-            continue
-        if arg.startswith("--config="):
-            config = arg.split("=", 1)[1]
-        elif arg.startswith("--") and "." in arg.split("=", 1)[0]:
-            overrides.append(arg)
-        elif arg.startswith("--reference="):  # the recipe's shorthand `reference: adapter`
-            overrides.append("--reference.type=" + arg.split("=", 1)[1])
-        elif arg.startswith("--") and arg[2:].split("=", 1)[0] in SECTIONS:  # --evaluation=null removes it
-            overrides.append(arg)
-        else:
-            raise ConfigError(
-                f"unexpected argument {arg!r}; use --config RECIPE.yaml and --section.key=value overrides"
-            )
-        i += 1
-    if config is None:
-        raise ConfigError("--config RECIPE.yaml is required")
-    return config, overrides
-
-
-def config_from_argv(argv: list[str]):
-    """The validated recipe of `--config PATH [--section.key=value ...]`, or None after
-    printing the config error as one line."""
-    try:
-        path, overrides = split_args(argv)
-        return load_config(path, overrides)
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"alignment: config error: {err}", file=sys.stderr)
-        return None
+# Each command imports what it runs inside its function, to save start-up time:
+# `alignment losses`, `plot` and `--help` never load transformers' Trainer.
 
 
 def train_main(argv: list[str]) -> int:
+    from alignment.config import ConfigError, config_from_argv  # start-up time (above)
+
     config = config_from_argv(argv)
     if config is None:
         return 2
+    # The run and the errors it may end with, imported once the recipe is valid (start-up time).
     from alignment.data import BadRowError, DataError
     from alignment.online.judges import JudgeError
     from alignment.run import train
@@ -97,7 +62,7 @@ def train_main(argv: list[str]) -> int:
 
 
 def losses_main(argv: list[str]) -> int:
-    from alignment.losses import available_losses
+    from alignment.losses import available_losses  # start-up time (above)
 
     for name, cls in available_losses().items():
         params = ", ".join(f"{k}={v!r}" for k, v in cls.parameters().items())
@@ -112,19 +77,19 @@ def losses_main(argv: list[str]) -> int:
 
 
 def merge_main(argv: list[str]) -> int:
-    from alignment.tools.merge import merge_main as run_merge
+    from alignment.tools.merge import merge_main as run_merge  # start-up time (above)
 
     return run_merge(argv)
 
 
 def validate_main(argv: list[str]) -> int:
-    from alignment.tools.validate import validate_main as run_validate
+    from alignment.tools.validate import validate_main as run_validate  # start-up time (above)
 
     return run_validate(argv)
 
 
 def plot_main(argv: list[str]) -> int:
-    from alignment.tools.plot import plot_main as run_plot
+    from alignment.tools.plot import plot_main as run_plot  # start-up time (above)
 
     return run_plot(argv)
 

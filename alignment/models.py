@@ -10,8 +10,8 @@ import tempfile
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from alignment.config import ConfigError, LoraConfig, ModelConfig, QuantizationConfig, ReferenceConfig
 from alignment.gguf import plain_from_gguf
+from alignment.schema import ConfigError, LoraConfig, ModelConfig, QuantizationConfig, ReferenceConfig
 
 logger = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ import transformers
 from transformers import set_seed
 
 from alignment.config import Config, ConfigError, dump_config
+from alignment.config.loaded import check_backend, check_loaded
 from alignment.config.loading import CONFIG_FILENAME
 from alignment.data import build_datasets
 from alignment.data.prompts import build_prompt_datasets
@@ -22,15 +23,15 @@ from alignment.models import load_policy, load_tokenizer
 from alignment.online.evaluation import GenerationEvaluation, evaluation_prompts
 from alignment.online.judges import build_judge
 from alignment.online.sampler import eos_ids
-from alignment.online.trainer import OnlineTrainer
 from alignment.reference.loading import build_reference
-from alignment.rewards.trainer import build_reward_trainer
+from alignment.rewards.contexts import add_user_contexts
+from alignment.rewards.heads import model_head
 from alignment.tools.model_card import render_model_card
-from alignment.trainers import PreferenceTrainer
 from alignment.trainers.checkpoints import resolve_resume
 from alignment.trainers.faults import Preempted, PreemptionCallback
 from alignment.trainers.memory import out_of_memory_reported, probe_enabled, probe_longest_batch
 from alignment.trainers.nodes import agree_on_resume, check_shared_output_dir
+from alignment.trainers.online import OnlineTrainer
 from alignment.trainers.output_dir import (
     DiskSpaceForecast,
     check_free_space,
@@ -39,6 +40,8 @@ from alignment.trainers.output_dir import (
     removed_on_early_failure,
     weights_bytes,
 )
+from alignment.trainers.preference import PreferenceTrainer
+from alignment.trainers.reward import RewardModelTrainer
 
 logger = logging.getLogger("alignment")
 
@@ -58,28 +61,6 @@ def setup_logging(training_args) -> None:
     transformers.utils.logging.set_verbosity(level)
 
 
-def check_backend(config: Config) -> None:
-    """Combinations that only show once the launcher's backend is known."""
-    from transformers.integrations import is_deepspeed_zero3_enabled
-
-    if config.quantization is not None and is_deepspeed_zero3_enabled():
-        raise ConfigError(
-            "quantization: 4/8-bit weights cannot be sharded by DeepSpeed ZeRO-3; launch QLoRA with "
-            "recipes/accelerate_configs/ddp.yaml or zero2.yaml, or remove `quantization:`"
-        )
-
-
-def check_online_lengths(config: Config, model) -> None:
-    """Prompt plus sampled tokens must fit the model's positions: checked before step 1."""
-    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    longest = (config.data.max_prompt_length or 0) + config.online.max_new_tokens
-    if limit is not None and config.data.max_prompt_length is not None and longest > limit:
-        raise ConfigError(
-            f"data.max_prompt_length ({config.data.max_prompt_length}) + online.max_new_tokens "
-            f"({config.online.max_new_tokens}) = {longest} exceeds the model's {limit} positions"
-        )
-
-
 def train(config: Config) -> dict[str, float]:
     training_args = config.training_arguments()
     setup_logging(training_args)
@@ -87,7 +68,7 @@ def train(config: Config) -> dict[str, float]:
     if training_args.process_index == 0:
         print(f"resolved config:\n{resolved}", flush=True)
     set_seed(training_args.seed)
-    check_backend(config)
+    check_backend(config)  # before anything is loaded
     # Checked before anything is loaded: a bad checkpoint path should fail in seconds.
     resume = agree_on_resume(
         resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir), training_args
@@ -128,20 +109,23 @@ def train(config: Config) -> dict[str, float]:
 
 
 def build_trainer(config: Config, training_args):
-    """Tokenizer, data, judge, policy, reference and the trainer that holds them."""
+    """Tokenizer, data, judge, model, reference and the trainer that holds them: the
+    policy's trainer (offline or online), or a judge's when the loss trains one."""
     tokenizer = load_tokenizer(config.model)
     loss_fn = config.loss_fn
+    data, users = build_data(config, training_args, tokenizer)
+    common = dict(
+        args=training_args,
+        loss_fn=loss_fn,
+        processing_class=tokenizer,
+        train_dataset=data.train,
+        eval_dataset=data.test,
+        model_card=functools.partial(render_model_card, config),
+    )
     if loss_fn.model_head != "policy":  # the recipe trains a judge: a reward, preference or VPL model
-        return build_reward_trainer(config, training_args, tokenizer)
-    # Per node: each node's first process tokenizes into that node's datasets cache (local=True), the
-    # others read it there; no node reads another's cache (trainers/nodes.py).
-    with training_args.main_process_first(desc="preprocessing the data"):
-        if config.online is None:
-            data = build_datasets(
-                config.data, tokenizer, require_order=True, unpaired=config.loss_fn.accepts_unpaired
-            )  # logs its report
-        else:
-            data = build_prompt_datasets(config.data, tokenizer)
+        head = model_head(loss_fn, tokenizer)
+        logger.info("training a %s model; loss: %s", head.kind, loss_fn.name)
+        return RewardModelTrainer(model=head.load(config, training_args), head=head, users=users, **common), data
 
     # A judge that cannot be imported or loaded fails before the policy is loaded.
     judge = None if config.online is None else build_judge(config.online.judge, training_args.device)
@@ -153,7 +137,7 @@ def build_trainer(config: Config, training_args):
             judge.name,
         )
     # The reference first: a soup the policy starts from must exist before the policy.
-    reference = build_reference(config)
+    reference = build_reference(config.model, config.reference, config.lora, config.quantization)
     model = load_policy(
         config.model,
         lora=config.lora,
@@ -162,32 +146,42 @@ def build_trainer(config: Config, training_args):
         gradient_checkpointing_kwargs=training_args.checkpointing_kwargs,
         initial_weights=reference.weights() if config.model.init_from_reference else None,
     )
+    check_loaded(config, model)
     logger.info(
         "loss: %s; reference: %s",
         " + ".join(f"{s.weight} * {s.name}({s.params})" for s in config.loss),
         config.reference.type,
     )
-
-    common = dict(
-        model=model,
-        args=training_args,
-        loss_fn=loss_fn,
-        reference=reference,
-        reference_update=config.reference.update,
-        processing_class=tokenizer,
-        train_dataset=data.train,
-        eval_dataset=data.test,
-        model_card=functools.partial(render_model_card, config),
-    )
+    common |= dict(model=model, reference=reference, reference_update=config.reference.update)
     if config.online is None:
         trainer = PreferenceTrainer(**common)
     else:
-        check_online_lengths(config, model)
         trainer = OnlineTrainer(judge=judge, online=config.online, **common)
     del reference  # the trainer holds the prepared strategy (and a precompute pass frees its source)
     if config.evaluation is not None:
         trainer.generation_eval = generation_evaluation(config, training_args, tokenizer, model)
     return trainer, data
+
+
+def build_data(config: Config, training_args, tokenizer):
+    """The training and evaluation data, and for VPL the test split's users: preference
+    lists offline (a judge's too), prompts online.
+
+    Per node: each node's first process tokenizes into that node's datasets cache
+    (local=True), the others read it there; no node reads another's cache (trainers/nodes.py)."""
+    loss_fn, users = config.loss_fn, None
+    with training_args.main_process_first(desc="preprocessing the data"):
+        if config.online is not None:
+            return build_prompt_datasets(config.data, tokenizer), users
+        policy = loss_fn.model_head == "policy"
+        unpaired = policy and loss_fn.accepts_unpaired
+        data = build_datasets(config.data, tokenizer, require_order=True, unpaired=unpaired)  # logs its report
+        if loss_fn.model_head == "vpl":  # each list gets its user's context pairs
+            n, seed = loss_fn.context_pairs, config.data.seed
+            data.train, _ = add_user_contexts(data.train, n, seed, "train")
+            if data.test is not None:
+                data.test, users = add_user_contexts(data.test, n, seed + 1, "test")
+    return data, users
 
 
 def generation_evaluation(config: Config, training_args, tokenizer, model) -> GenerationEvaluation:

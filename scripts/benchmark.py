@@ -273,7 +273,8 @@ def run_ours(preset: Preset, directory: Path) -> dict:
     from alignment.data import build_datasets
     from alignment.losses import get_loss
     from alignment.reference import FrozenModel, Precomputed
-    from alignment.trainers import AlignmentTrainingArguments, PreferenceTrainer
+    from alignment.trainers.arguments import AlignmentTrainingArguments
+    from alignment.trainers.preference import PreferenceTrainer
 
     tokenizer, policy, reference = _models(preset, directory)
     args = AlignmentTrainingArguments(**_training_kwargs(preset, directory / "ours", preset.batch), forward="auto")

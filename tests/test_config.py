@@ -179,7 +179,7 @@ def test_alignment_losses_lists_every_loss_with_paper_and_defaults(capsys):
 
 
 def test_reference_shorthand_on_the_command_line(tmp_path):
-    from alignment.cli import split_args
+    from alignment.config import split_args
 
     config, overrides = split_args(["--config", "r.yaml", "--reference=precompute", "--loss.beta=0.2"])
     assert config == "r.yaml" and overrides == ["--reference.type=precompute", "--loss.beta=0.2"]
@@ -189,7 +189,7 @@ def test_reference_shorthand_on_the_command_line(tmp_path):
 
 def test_section_null_removes_an_optional_section(tmp_path):
     """`--evaluation=null` drops a recipe's task-specific evaluation without editing the YAML."""
-    from alignment.cli import split_args
+    from alignment.config import split_args
 
     _, overrides = split_args(["--config", "r.yaml", "--evaluation=null", f"--training.output_dir={tmp_path}"])
     assert overrides == ["--evaluation=null", f"--training.output_dir={tmp_path}"]

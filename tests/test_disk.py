@@ -65,7 +65,7 @@ def test_a_disk_too_small_is_refused_before_anything_is_written(overrides, what,
 def test_a_failure_before_step_1_leaves_no_output_directory(tmp_path, monkeypatch):
     """Whatever raises after the output directory was written but before step 1 (here
     an error of no kind we know), the directory goes; one that existed stays."""
-    from alignment.trainers import PreferenceTrainer
+    from alignment.trainers.preference import PreferenceTrainer
 
     def boom(self, *args, **kwargs):
         assert (Path(self.args.output_dir) / "alignment_config.yaml").exists()  # it was written

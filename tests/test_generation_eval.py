@@ -12,7 +12,6 @@ import torch
 import yaml
 
 from alignment.config import ConfigError, DataConfig, SourceConfig, load_config
-from alignment.config.online import EvaluationConfig, JudgeConfig
 from alignment.online.evaluation import (
     INITIAL_GENERATIONS,
     LATEST_GENERATIONS,
@@ -21,6 +20,7 @@ from alignment.online.evaluation import (
     evaluation_prompts,
 )
 from alignment.online.judges import JudgeError
+from alignment.schema.online import EvaluationConfig, JudgeConfig
 from alignment.tasks import chat_addition
 from alignment.tasks.arithmetic import closer_to_sum, exact_sum
 from tests.helpers import EOS, TINY, tiny_model, tiny_tokenizer

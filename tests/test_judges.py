@@ -13,9 +13,9 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from alignment.config.online import JudgeConfig
 from alignment.online import judges
 from alignment.online.judges import CallableJudge, Judge, JudgeError, PairwiseJudge, RewardModelJudge, build_judge
+from alignment.schema.online import JudgeConfig
 from tests.helpers import ASSISTANT, EOS, TINY, USER, assert_float32_close, char_ids, float32_approx, tiny_tokenizer
 
 # ---------------------------------------------------------------------------- callable

@@ -16,8 +16,8 @@ from alignment.data.adapters import adapt_row, detect_layout
 from alignment.data.example import BadRowError, DataError
 from alignment.losses import SequenceLogps, get_loss
 from alignment.losses.kto import desirability
-from alignment.trainers import PreferenceTrainer
 from alignment.trainers.arguments import AlignmentTrainingArguments
+from alignment.trainers.preference import PreferenceTrainer
 from tests.helpers import TINY, tiny_model, tiny_tokenizer, tokenized, trl_cpu_args
 
 UNPAIRED = TINY / "data" / "unpaired_train.jsonl"

@@ -15,7 +15,8 @@ from alignment.losses import get_loss
 from alignment.models import load_policy
 from alignment.reference import PolicyBase
 from alignment.tools.merge import merge_adapter
-from alignment.trainers import AlignmentTrainingArguments, PreferenceTrainer
+from alignment.trainers.arguments import AlignmentTrainingArguments
+from alignment.trainers.preference import PreferenceTrainer
 from tests.helpers import (
     TINY,
     assert_float32_close,

@@ -61,7 +61,7 @@ def test_updates_per_batch_reuses_each_micro_batch_of_samples_with_accumulation(
     """mu = 2 with 2 accumulation steps: samples are drawn at steps 0 and 2 (2 micro-batches
     each) and reused, for the same prompts, at steps 1 and 3; the old log-probs are kept
     for the importance ratio."""
-    from alignment.online.trainer import OnlineTrainer
+    from alignment.trainers.online import OnlineTrainer
 
     fresh, seen = [], []
     original_fresh, original_step = OnlineTrainer._fresh, OnlineTrainer._step_samples

@@ -257,7 +257,7 @@ def test_missing_eos_penalty_shifts_the_preference():
     """P(y0 > y1) += penalty * (missing(y1) - missing(y0)), clipped to [0, 1]."""
     from alignment.online.judges import Judge
     from alignment.online.sampler import GroupSamples
-    from alignment.online.trainer import OnlineTrainer
+    from alignment.trainers.online import OnlineTrainer
 
     class Fixed(Judge):
         def _probabilities(self, prompts, pairs):

@@ -18,17 +18,17 @@ import torch
 from tokenizers import Tokenizer, models
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from alignment.config.online import JudgeConfig, OnlineConfig
 from alignment.losses import get_loss
 from alignment.online.judges import Judge
-from alignment.online.trainer import OnlineTrainer
+from alignment.schema.online import JudgeConfig, OnlineConfig
 from alignment.tabular_nash import (
     cyclic_preference_matrix,
     geometric_mixture,
     regularized_nash_equilibrium,
     total_variation,
 )
-from alignment.trainers import AlignmentTrainingArguments
+from alignment.trainers.arguments import AlignmentTrainingArguments
+from alignment.trainers.online import OnlineTrainer
 
 # Each test launches training runs (seconds to a minute each): the full suite runs them, the fast tier does not.
 pytestmark = pytest.mark.slow

@@ -27,12 +27,13 @@ import torch
 from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
-from alignment.config.online import JudgeConfig, OnlineConfig
 from alignment.losses import get_loss
 from alignment.online.judges import Judge, RewardJudge
-from alignment.online.trainer import OnlineTrainer
+from alignment.schema.online import JudgeConfig, OnlineConfig
 from alignment.tabular_nash import geometric_mixture, regularized_nash_equilibrium, total_variation
-from alignment.trainers import AlignmentTrainingArguments, PreferenceTrainer
+from alignment.trainers.arguments import AlignmentTrainingArguments
+from alignment.trainers.online import OnlineTrainer
+from alignment.trainers.preference import PreferenceTrainer
 from tests.test_online_bandit import ANSWERS, PROMPT_ID, VOCAB, bandit_model, next_token_distribution
 
 torch.set_num_threads(1)  # tiny matrices: more threads would only contend with other jobs

@@ -174,7 +174,8 @@ def _train(
     from alignment.config import DataConfig, SourceConfig
     from alignment.data import build_datasets
     from alignment.reference import FrozenModel, PolicyBase, Precomputed
-    from alignment.trainers import AlignmentTrainingArguments, PreferenceTrainer
+    from alignment.trainers.arguments import AlignmentTrainingArguments
+    from alignment.trainers.preference import PreferenceTrainer
     from tests.helpers import write_jsonl
 
     sources = {"train": write_jsonl(tmp_path / "rows.jsonl", rows or ROWS * 2)}
@@ -351,8 +352,8 @@ def test_kto_on_unpaired_chat_rows_equals_trl_ktotrainer(policy, reference, toke
     from datasets import Dataset
     from trl import KTOConfig, KTOTrainer
 
-    from alignment.trainers import PreferenceTrainer
     from alignment.trainers.arguments import AlignmentTrainingArguments
+    from alignment.trainers.preference import PreferenceTrainer
     from tests.helpers import trl_cpu_args
 
     params = {"beta": 0.1, "desirable_weight": 1.0, "undesirable_weight": 1.0}  # the paper's and TRL's defaults

@@ -15,10 +15,10 @@ from alignment.models import load_reference_weights
 from alignment.online.feedback import Feedback, bradley_terry, judge_samples, preference_matrix, win_rates
 from alignment.online.judges import Judge, RewardJudge
 from alignment.online.sampler import POLICY, GenerationSettings, ModelStream, draw, mixture
-from alignment.online.trainer import RepeatedBatches
 from alignment.reference import FrozenModel, Soup, reference_identity
 from alignment.reference.soup import SoupError, average_state_dicts, load_soup
 from alignment.reference.updates import ReferenceUpdate, mix_into
+from alignment.trainers.online import RepeatedBatches
 from tests.helpers import ROOT, collate, tiny_model, tiny_model_config, tiny_rows, tokenized
 
 TINY_DPO = ROOT / "recipes" / "tiny" / "dpo.yaml"
@@ -220,7 +220,7 @@ def test_frozen_model_is_frozen():
 def test_merge_and_the_config_do_not_import_trl_or_the_trainers():
     code = (
         "import sys, alignment.tools.merge, alignment.config; "
-        "print(sorted(m for m in ('trl', 'alignment.online.trainer', 'alignment.trainers.preference') if m in sys.modules))"
+        "print(sorted(m for m in ('trl', 'alignment.trainers.online', 'alignment.trainers.preference') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"

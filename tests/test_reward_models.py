@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from alignment.config.online import JudgeConfig
 from alignment.online.judges import RewardModelJudge, build_judge
+from alignment.schema.online import JudgeConfig
 from tests.helpers import TINY, tiny_rows
 from tests.launch import train_in_process
 

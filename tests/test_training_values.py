@@ -11,15 +11,15 @@ import typing
 import pytest
 
 from alignment.config import ConfigError, load_config
-from alignment.trainers.argument_checks import (
+from alignment.trainers.arguments import (
     NON_NEGATIVE,
+    AlignmentTrainingArguments,
     Range,
     checked_training_values,
     choices_of,
     numeric_type,
     range_of,
 )
-from alignment.trainers.arguments import AlignmentTrainingArguments
 from tests.helpers import TINY
 
 FIELDS = {f.name: f for f in dataclasses.fields(AlignmentTrainingArguments) if f.init}

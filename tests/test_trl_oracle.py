@@ -188,8 +188,8 @@ def test_reference_update_is_trl_sync_ref_model(alpha):
 def test_trainer_path_with_token_options_matches_trl(rows, params, kwargs, forward, tmp_path):
     """LD-DPO and WPO through PreferenceTrainer.compute_loss (the per-token and weighted
     forwards of each strategy), against TRL's DPOTrainer."""
-    from alignment.trainers import PreferenceTrainer
     from alignment.trainers.arguments import AlignmentTrainingArguments
+    from alignment.trainers.preference import PreferenceTrainer
 
     trainer = PreferenceTrainer(
         model=tiny_model(seed=0).eval(),

@@ -6,14 +6,19 @@ branches on a loss or reference name."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from alignment.config.schema import ConfigError
-
-if TYPE_CHECKING:
-    from alignment.config.online import EvaluationConfig, OnlineConfig
-    from alignment.config.sections import DataConfig, LoraConfig, ModelConfig, QuantizationConfig, ReferenceConfig
-    from alignment.losses import PreferenceLoss
+from alignment.losses import PreferenceLoss, available_losses, loss_terms
+from alignment.reference import STRATEGIES, auto_reference, reference_strategy
+from alignment.schema import (
+    ConfigError,
+    DataConfig,
+    EvaluationConfig,
+    LoraConfig,
+    ModelConfig,
+    OnlineConfig,
+    QuantizationConfig,
+    ReferenceConfig,
+)
+from alignment.trainers.inputs import LIVE_REFERENCE, MIN_LISTS
 
 SOURCE_KEYS = ("name_or_path", "init_seed", "models", "weights")
 
@@ -22,10 +27,6 @@ def resolve_reference(
     reference: ReferenceConfig, loss: PreferenceLoss, lora: LoraConfig | None, model: ModelConfig
 ) -> None:
     """Turn `auto` into a concrete reference and reject combinations that cannot work."""
-    from alignment.losses import loss_terms
-    from alignment.reference import STRATEGIES, auto_reference, reference_strategy
-    from alignment.trainers.inputs import LIVE_REFERENCE
-
     needing = [term.name for term in loss_terms(loss) if term.needs_reference]
     if reference.type == "auto":
         reference.type = auto_reference(bool(needing), lora is not None, reference.models is not None)
@@ -88,9 +89,6 @@ def resolve_reference(
 
 def check_online(online: OnlineConfig | None, loss: PreferenceLoss, reference: ReferenceConfig) -> None:
     """Online losses need the `online:` section, and online training a live reference."""
-    from alignment.losses import loss_terms
-    from alignment.reference import reference_strategy
-
     terms = loss_terms(loss)
     online_only = [term.name for term in terms if term.online_only]
     if online is None:
@@ -117,8 +115,6 @@ def check_online(online: OnlineConfig | None, loss: PreferenceLoss, reference: R
                 f"got {online.num_samples}"
             )
     if online.updates_per_batch > 1 and not any(term.reuses_samples for term in terms):
-        from alignment.losses import available_losses
-
         reusing = [name for name, cls in available_losses().items() if cls.reuses_samples]
         raise ConfigError(
             f"online.updates_per_batch: {online.updates_per_batch} reuses each batch of samples for several "
@@ -153,7 +149,13 @@ def check_evaluation(
         )
 
 
-def check_model_head(loss: PreferenceLoss, online: OnlineConfig | None, evaluation: EvaluationConfig | None) -> None:
+def check_model_head(
+    loss: PreferenceLoss,
+    online: OnlineConfig | None,
+    evaluation: EvaluationConfig | None,
+    lora: LoraConfig | None,
+    quantization: QuantizationConfig | None,
+) -> None:
     """A loss that trains a judge (a reward, preference or VPL model) learns offline from
     preference data and is evaluated by its held-out pair accuracy."""
     if loss.model_head == "policy":
@@ -168,6 +170,8 @@ def check_model_head(loss: PreferenceLoss, online: OnlineConfig | None, evaluati
             f"evaluation: generates with a policy, but loss {loss.name} trains a {loss.model_head} model (it reports "
             "eval_reward_accuracy, the held-out pair accuracy); remove `evaluation:`"
         )
+    if loss.model_head == "vpl" and (lora is not None or quantization is not None):
+        raise ConfigError("loss vpl: the VPL model trains its backbone in full; remove `lora:` and `quantization:`")
 
 
 def check_quantization(quantization: QuantizationConfig | None, lora: LoraConfig | None, model: ModelConfig) -> None:
@@ -187,8 +191,6 @@ def check_lists_per_batch(loss: PreferenceLoss, training: dict) -> None:
     """Inputs built from the other lists of a batch (`MIN_LISTS`: KTO's KL baseline pairs
     each completion with another list's prompt) need that many lists per process: with
     one, the estimate would be the matched log-ratio itself."""
-    from alignment.trainers.inputs import MIN_LISTS
-
     size = training.get("per_device_train_batch_size", 8)
     for name in sorted(loss.reads & set(MIN_LISTS)):
         if isinstance(size, int) and size < MIN_LISTS[name]:

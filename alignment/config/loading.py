@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,11 @@ from alignment.config.combinations import (
     check_quantization,
     resolve_reference,
 )
-from alignment.config.online import EvaluationConfig, OnlineConfig
-from alignment.config.overrides import apply_overrides
-from alignment.config.schema import SECTIONS, ConfigError, DuplicateKeyError, _build, _coerce, read_yaml
-from alignment.config.sections import (
-    Config,
+from alignment.config.overrides import apply_overrides, split_args
+from alignment.config.recipe import Config
+from alignment.losses import LossParameterError, UnknownLossError, build_loss
+from alignment.schema.online import EvaluationConfig, OnlineConfig
+from alignment.schema.sections import (
     DataConfig,
     LoraConfig,
     LossSpec,
@@ -31,6 +32,9 @@ from alignment.config.sections import (
     QuantizationConfig,
     ReferenceConfig,
 )
+from alignment.schema.values import SECTIONS, ConfigError, DuplicateKeyError, build_section, coerce, read_yaml
+from alignment.trainers.arguments import AlignmentTrainingArguments, checked_training_values
+from alignment.trainers.output_dir import writable_problem
 
 CONFIG_FILENAME = "alignment_config.yaml"  # the resolved recipe, written into every run's output directory
 
@@ -46,7 +50,7 @@ def _loss_specs(raw: Any) -> list[LossSpec]:
         if not isinstance(block, dict) or "name" not in block:
             raise ConfigError(f"{where}: expected a mapping with a `name` key, got {block!r}")
         params = {k: v for k, v in block.items() if k not in ("name", "weight")}
-        weight = _coerce(block.get("weight", 1.0), float, f"{where}.weight")
+        weight = coerce(block.get("weight", 1.0), float, f"{where}.weight")
         specs.append(LossSpec(name=block["name"], params=params, weight=weight))
     return specs
 
@@ -54,8 +58,6 @@ def _loss_specs(raw: Any) -> list[LossSpec]:
 def _built_loss(specs: list[LossSpec], raw: Any):
     """The loss object, built once by the losses' own builder: each term is checked by
     the registry (names, parameters, ranges, weights), and errors name the block."""
-    from alignment.losses import LossParameterError, UnknownLossError, build_loss
-
     try:
         return build_loss(specs, where=lambda i: f"loss.{i}" if isinstance(raw, list) else "loss")
     except (UnknownLossError, LossParameterError) as err:
@@ -63,10 +65,6 @@ def _built_loss(specs: list[LossSpec], raw: Any):
 
 
 def _validate_training(raw: Any) -> dict[str, Any]:
-    from alignment.trainers.argument_checks import checked_training_values
-    from alignment.trainers.arguments import AlignmentTrainingArguments
-    from alignment.trainers.output_dir import writable_problem
-
     if not isinstance(raw, dict):
         raise ConfigError(f"training: expected a mapping of TrainingArguments names, got {raw!r}")
     allowed = {f.name for f in dataclasses.fields(AlignmentTrainingArguments) if f.init}
@@ -121,15 +119,17 @@ def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None
 
     loss = _loss_specs(raw.get("loss"))
     loss_fn = _built_loss(loss, raw.get("loss"))
-    reference = _build(ReferenceConfig, raw.get("reference"), "reference")
-    model = _build(ModelConfig, raw.get("model"), "model")
+    reference = build_section(ReferenceConfig, raw.get("reference"), "reference")
+    model = build_section(ModelConfig, raw.get("model"), "model")
     lora = _optional_section(LoraConfig, raw, "lora")
     quantization = _optional_section(QuantizationConfig, raw, "quantization")
-    data = _build(DataConfig, raw.get("data"), "data")
-    online = None if raw.get("online") is None else _build(OnlineConfig, raw["online"], "online")
-    evaluation = None if raw.get("evaluation") is None else _build(EvaluationConfig, raw["evaluation"], "evaluation")
+    data = build_section(DataConfig, raw.get("data"), "data")
+    online = None if raw.get("online") is None else build_section(OnlineConfig, raw["online"], "online")
+    evaluation = (
+        None if raw.get("evaluation") is None else build_section(EvaluationConfig, raw["evaluation"], "evaluation")
+    )
     training = _validate_training(raw.get("training") or {})
-    check_model_head(loss_fn, online, evaluation)
+    check_model_head(loss_fn, online, evaluation, lora, quantization)
     resolve_reference(reference, loss_fn, lora, model)
     check_online(online, loss_fn, reference)
     # An online run whose reference moves or is another model reports its win rate against that reference.
@@ -167,9 +167,20 @@ def _optional_section(cls: type, raw: dict[str, Any], name: str):
     """A section that is off when absent, null, or `enabled: false`."""
     if raw.get(name) is None:
         return None
-    section = _build(cls, raw[name], name)
+    section = build_section(cls, raw[name], name)
     return section if section.enabled else None
 
 
 def dump_config(config: Config) -> str:
     return yaml.safe_dump(config.resolved, sort_keys=False)
+
+
+def config_from_argv(argv: list[str]) -> Config | None:
+    """The validated recipe of `--config PATH [--section.key=value ...]`, or None after
+    printing the config error as one line."""
+    try:
+        path, overrides = split_args(argv)
+        return load_config(path, overrides)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"alignment: config error: {err}", file=sys.stderr)
+        return None

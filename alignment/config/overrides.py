@@ -7,7 +7,8 @@ from typing import Any
 
 import yaml
 
-from alignment.config.schema import OPTIONAL_SECTIONS, SECTIONS, ConfigError, read_yaml
+from alignment.losses import UnknownLossError, loss_class
+from alignment.schema.values import OPTIONAL_SECTIONS, SECTIONS, ConfigError, read_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +80,6 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     When an override changes `loss.name`, the recipe's parameters for the old loss that
     the new one does not take are dropped, each with a warning: swapping the loss is
     one edit, not several. Parameters given on the command line are always checked."""
-    from alignment.losses import UnknownLossError, loss_class
-
     cli_keys: set[tuple[str, ...]] = set()
     renamed: list[list[str]] = []
     for arg in overrides:
@@ -113,3 +112,31 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 )
                 del block[key]
     return raw
+
+
+def split_args(argv: list[str]) -> tuple[str | None, list[str]]:
+    """`--config PATH` (or `--config=PATH`) plus dotted overrides `--section.key=value`."""
+    config, overrides, i = None, [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--config":
+            if i + 1 >= len(argv):
+                raise ConfigError("--config needs a recipe path")
+            config, i = argv[i + 1], i + 2
+            continue
+        if arg.startswith("--config="):
+            config = arg.split("=", 1)[1]
+        elif arg.startswith("--") and "." in arg.split("=", 1)[0]:
+            overrides.append(arg)
+        elif arg.startswith("--reference="):  # the recipe's shorthand `reference: adapter`
+            overrides.append("--reference.type=" + arg.split("=", 1)[1])
+        elif arg.startswith("--") and arg[2:].split("=", 1)[0] in SECTIONS:  # --evaluation=null removes it
+            overrides.append(arg)
+        else:
+            raise ConfigError(
+                f"unexpected argument {arg!r}; use --config RECIPE.yaml and --section.key=value overrides"
+            )
+        i += 1
+    if config is None:
+        raise ConfigError("--config RECIPE.yaml is required")
+    return config, overrides

@@ -20,8 +20,8 @@ from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import IO, Any
 
-from alignment.config import LOCAL_DATA_SUFFIXES, SourceConfig
 from alignment.data.example import DataError
+from alignment.schema import LOCAL_DATA_SUFFIXES, SourceConfig
 
 FORMATS = {suffix: suffix[1:] for suffix in LOCAL_DATA_SUFFIXES}  # ".jsonl" -> "jsonl"
 READERS = {"json": "JSON", "jsonl": "JSON", "csv": "CSV", "tsv": "TSV", "parquet": "Parquet"}

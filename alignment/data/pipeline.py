@@ -22,7 +22,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from alignment.config import DataConfig, SourceConfig
 from alignment.data import adapters as adapters_module
 from alignment.data import conversations as conversations_module
 from alignment.data import example as example_module
@@ -41,6 +40,7 @@ from alignment.data.tokenize import (
     resolve_chat_template,
     tokenize_example,
 )
+from alignment.schema import DataConfig, SourceConfig
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,6 @@ from typing import Any
 
 import datasets
 
-from alignment.config import DataConfig, SourceConfig
 from alignment.data import adapters as adapters_module
 from alignment.data import conversations as conversations_module
 from alignment.data import fields as fields_module
@@ -35,6 +34,7 @@ from alignment.data.pipeline import (
 from alignment.data.rows import BOOKKEEPING_COLUMNS, BOOKKEEPING_FEATURES, code_version, map_rows
 from alignment.data.sources import load_source, mix, source_label, take_fraction
 from alignment.data.tokenize import prompt_token_ids, resolve_chat_template
+from alignment.schema import DataConfig, SourceConfig
 
 PROMPT_FEATURES = datasets.Features(
     {

@@ -11,10 +11,10 @@ from typing import Any
 
 import datasets
 
-from alignment.config import SourceConfig
 from alignment.data.adapters import renamed
 from alignment.data.example import BadRowError
 from alignment.data.sources import row_dicts, source_label
+from alignment.schema import SourceConfig
 
 # Every mapped row keeps its index in the source and, when bad, why: for the bad-row policy.
 BOOKKEEPING_FEATURES = datasets.Features(

@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasets.exceptions import DatasetGenerationError
 
-from alignment.config import SourceConfig
 from alignment.data.example import DataError
 from alignment.data.files import DataFile, file_where, local_files, open_stream, os_reason, reads_files, text_lines
+from alignment.schema import SourceConfig
 
 
 def source_label(src: SourceConfig) -> str:

@@ -98,7 +98,7 @@ def _field(spec: Any, name: str, default: Any) -> Any:
 
 def build_loss(specs: Iterable[Any], where: Callable[[int], str] | None = None) -> PreferenceLoss:
     """The loss of a recipe's `loss:` list: items with `name`, `params` (dict) and
-    `weight` (float), as `alignment.config.LossSpec` objects or plain dicts. One term of
+    `weight` (float), as `alignment.schema.LossSpec` objects or plain dicts. One term of
     weight 1.0 is returned as the registered loss itself; anything else is composite.
 
     The one builder from recipe to loss object: the config's loader calls it too, so a

@@ -27,8 +27,8 @@ from alignment.losses.listwise import plackett_luce_nll
 from alignment.losses.metrics import reward_metrics
 from alignment.losses.pairs import PAIR_MODES, PairMode, pair_mask
 from alignment.losses.pairwise import neg_logsigmoid
-from alignment.rewards.judge_file import PAIR_TEMPLATE
-from alignment.rewards.pair_inputs import PLACEHOLDERS
+from alignment.schema.online import PAIR_PLACEHOLDERS as PLACEHOLDERS
+from alignment.schema.online import PAIR_TEMPLATE
 
 
 def _mean_over(values: Tensor, selected: Tensor) -> Tensor:

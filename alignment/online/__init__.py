@@ -1,1 +1,1 @@
-"""Everything online: samplers, judges and their feedback, the online trainer, and evaluation by generation."""
+"""Online pieces below the trainer: samplers, judges and their feedback, and evaluation by generation (the online trainer is `alignment.trainers.online`)."""

@@ -21,10 +21,11 @@ import torch
 from accelerate.utils import gather_object
 from torch import Tensor, nn
 
-from alignment.config.online import EvaluationConfig
 from alignment.data import PromptCollator
+from alignment.data.prompts import build_prompt_datasets
 from alignment.online.judges import Judge, JudgeError, Prompt, build_judge, import_function
 from alignment.online.sampler import GenerationSettings, ModelStream, sample
+from alignment.schema.online import EvaluationConfig
 
 INITIAL_GENERATIONS = "initial_generations.jsonl"
 LATEST_GENERATIONS = "eval_generations.jsonl"  # the last evaluation's answers, beside eval_results.json
@@ -64,8 +65,6 @@ class ScoreFunction:
 def evaluation_prompts(data_config: Any, tokenizer: Any) -> datasets.Dataset:
     """The held-out prompts: `data.test`'s sources through the online prompt pipeline
     (any layout; completions are ignored), with its bad-row policy and report."""
-    from alignment.data.prompts import build_prompt_datasets
-
     prompts_only = replace(data_config, train=data_config.test, test=[], test_size=0.0)
     return build_prompt_datasets(prompts_only, tokenizer).train
 

@@ -21,12 +21,14 @@ import torch
 from torch import Tensor
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
-from alignment.config.online import JudgeConfig
+from alignment.data.adapters import adapt_row, detect_layout
 from alignment.data.example import PreferenceExample
 from alignment.data.tokenize import tokenize_example
 from alignment.models import DTYPES
 from alignment.rewards.judge_file import read_judge_file
 from alignment.rewards.pair_inputs import pair_ids, template_segments
+from alignment.rewards.vpl import VPL_CONFIG, VPLRewardModel
+from alignment.schema.online import JudgeConfig
 
 logger = logging.getLogger(__name__)
 
@@ -349,8 +351,6 @@ class VPLJudge(RewardJudge):
         max_length: int = 1024,
         **_: Any,
     ):
-        from alignment.rewards.vpl import VPL_CONFIG, VPLRewardModel
-
         self.name = f"vpl judge {name_or_path} (user context {user_context})"
         if not os.path.isfile(os.path.join(name_or_path, VPL_CONFIG)):
             raise JudgeError(f"{self.name}: {name_or_path!r} holds no VPL model ({VPL_CONFIG} is missing)")
@@ -366,8 +366,6 @@ class VPLJudge(RewardJudge):
 
     def _context_pairs(self, path: str) -> tuple[list[list[int]], list[list[int]]]:
         import datasets
-
-        from alignment.data.adapters import adapt_row, detect_layout
 
         if not os.path.isfile(path):
             raise JudgeError(f"{self.name}: the user context file {path!r} does not exist")

@@ -4,22 +4,32 @@ shards anything), soups averaged, and the precompute source chosen."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 from alignment.models import load_reference_weights
 from alignment.reference.precompute import reference_identity
 from alignment.reference.soup import load_soup
 from alignment.reference.strategies import FrozenModel, NoReference, PolicyBase, Precomputed, Reference, Soup
-
-if TYPE_CHECKING:
-    from alignment.config import Config
+from alignment.schema import LoraConfig, ModelConfig, QuantizationConfig, ReferenceConfig
 
 
-def _identity(config: Config) -> dict:
+@dataclass(frozen=True)
+class ReferenceSections:
+    """The recipe sections a reference is built from."""
+
+    model: ModelConfig
+    reference: ReferenceConfig
+    lora: LoraConfig | None
+    quantization: QuantizationConfig | None
+
+
+def _identity(config: ReferenceSections) -> dict:
     return reference_identity(config.model, config.reference, config.quantization)
 
 
-def _frozen(config: Config) -> FrozenModel:
+def _frozen(config: ReferenceSections) -> FrozenModel:
     ref, quantization = config.reference, config.quantization
     if ref.models is not None:
         load = lambda path: load_reference_weights(config.model, path, quantization)  # noqa: E731
@@ -35,12 +45,10 @@ def _frozen(config: Config) -> FrozenModel:
     )
 
 
-def _precomputed(config: Config) -> Precomputed:
+def _precomputed(config: ReferenceSections) -> Precomputed:
     """From the policy's own base with LoRA (no second copy), unless another checkpoint,
     seed or soup is named, or ZeRO-3 has sharded the policy so that it cannot run
     outside its engine."""
-    from transformers.integrations import is_deepspeed_zero3_enabled
-
     ref = config.reference
     named = ref.name_or_path is not None or ref.init_seed is not None or ref.models is not None
     own_base = config.lora is not None and not named and not is_deepspeed_zero3_enabled()
@@ -57,6 +65,8 @@ BUILDERS = {
 }
 
 
-def build_reference(config: Config) -> Reference:
-    """The strategy of `config.reference` (already resolved from `auto` and checked)."""
-    return BUILDERS[config.reference.type](config)
+def build_reference(
+    model: ModelConfig, reference: ReferenceConfig, lora: LoraConfig | None, quantization: QuantizationConfig | None
+) -> Reference:
+    """The strategy of `reference` (already resolved from `auto` and checked at load)."""
+    return BUILDERS[reference.type](ReferenceSections(model, reference, lora, quantization))

@@ -19,7 +19,7 @@ from accelerate.utils import gather_object
 from torch import Tensor
 
 from alignment import logprobs as logprobs_module
-from alignment.config import ModelConfig, QuantizationConfig, ReferenceConfig
+from alignment.schema import ModelConfig, QuantizationConfig, ReferenceConfig
 
 logger = logging.getLogger(__name__)
 

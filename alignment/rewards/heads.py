@@ -14,7 +14,10 @@ from alignment.data import PreferenceCollator
 from alignment.logprobs import concatenated_rows
 from alignment.losses import PreferenceLoss, SequenceLogps
 from alignment.losses.base import LatentPosterior
+from alignment.models import load_backbone, load_reward_model
+from alignment.rewards.contexts import VPLCollator
 from alignment.rewards.pair_inputs import pair_ids, template_segments
+from alignment.rewards.vpl import VPLRewardModel
 
 
 def _item_index(inputs: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -55,8 +58,6 @@ class RewardHead:
         self.pad_token_id = tokenizer.pad_token_id
 
     def load(self, config, training_args) -> nn.Module:
-        from alignment.models import load_reward_model
-
         return load_reward_model(
             config.model,
             self.pad_token_id,
@@ -140,21 +141,13 @@ class VPLHead(RewardHead):
         self.loss = loss
 
     def load(self, config, training_args) -> nn.Module:
-        from alignment.models import load_backbone
-        from alignment.rewards.vpl import VPLRewardModel
-
-        if config.lora is not None or config.quantization is not None:
-            from alignment.config import ConfigError
-
-            raise ConfigError("loss vpl: the VPL model trains its backbone in full; remove `lora:` and `quantization:`")
+        # `lora:` and `quantization:` were refused at load (config/combinations.py: check_model_head).
         backbone = load_backbone(config.model)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.model.init_seed)
             return VPLRewardModel(backbone, self.loss.latent_dim, self.loss.hidden_dim)
 
     def collator(self) -> PreferenceCollator:
-        from alignment.rewards.contexts import VPLCollator
-
         return VPLCollator(self.pad_token_id)
 
     def logps(

@@ -8,11 +8,7 @@ import json
 import os
 from typing import Any
 
-from alignment.config.online import JudgeConfig
-
 JUDGE_FILENAME = "alignment_judge.json"
-# How the preference model's training (and by default `PairwiseJudge`) lays out a prompt and two completions.
-PAIR_TEMPLATE = JudgeConfig.pairwise_template
 JUDGE_TYPES = {"reward": "reward_model", "preference": "pairwise", "vpl": "vpl"}
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-PLACEHOLDERS = ("{prompt}", "{completion_a}", "{completion_b}")
+from alignment.schema.online import PAIR_PLACEHOLDERS as PLACEHOLDERS
 
 
 def template_segments(template: str, tokenizer: Any) -> list[list[int]]:

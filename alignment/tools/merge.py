@@ -14,17 +14,16 @@ from pathlib import Path
 
 import yaml
 
+from alignment.config import ModelConfig
 from alignment.config.loading import CONFIG_FILENAME
-from alignment.config.schema import ConfigError, _build
+from alignment.models import load_policy, load_tokenizer
+from alignment.schema.values import ConfigError, build_section
 
 logger = logging.getLogger(__name__)
 
 
 def merge_adapter(adapter_dir: str | Path, output_dir: str | Path, dtype: str | None = None) -> Path:
     import peft
-
-    from alignment.config import ModelConfig
-    from alignment.models import load_policy, load_tokenizer
 
     adapter_dir, output_dir = Path(adapter_dir), Path(output_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
@@ -37,7 +36,7 @@ def merge_adapter(adapter_dir: str | Path, output_dir: str | Path, dtype: str | 
     if not config_file.is_file():
         raise ConfigError(f"no {CONFIG_FILENAME} in {adapter_dir} or its parent: cannot tell which base model to load")
     resolved = yaml.safe_load(config_file.read_text())
-    model_cfg = _build(ModelConfig, resolved["model"], "model")
+    model_cfg = build_section(ModelConfig, resolved["model"], "model")
     if dtype is not None:
         model_cfg.dtype = dtype
     base = load_policy(model_cfg)  # full precision, no adapters

@@ -14,7 +14,11 @@ import sys
 from collections.abc import Sequence
 from itertools import combinations
 
-from alignment.config import Config, ConfigError
+from alignment.config import Config, ConfigError, config_from_argv
+from alignment.data import build_datasets
+from alignment.data.pipeline import NoUsableRows
+from alignment.data.prompts import build_prompt_datasets
+from alignment.models import load_tokenizer
 
 
 def histogram(values: Sequence[int], bins: int = 8, width: int = 40) -> list[str]:
@@ -51,11 +55,6 @@ def tied_pairs(scores: Sequence[Sequence[float]]) -> tuple[int, int]:
 
 def report(config: Config) -> tuple[list[str], int]:
     """The report's lines and the exit status."""
-    from alignment.data import build_datasets
-    from alignment.data.pipeline import NoUsableRows
-    from alignment.data.prompts import build_prompt_datasets
-    from alignment.models import load_tokenizer
-
     loss = " + ".join(f"{s.weight:g} * {s.name}({s.params})" for s in config.loss)
     lines = [f"config: OK (loss {loss}; reference {config.reference.type}; online {'yes' if config.online else 'no'})"]
     tokenizer = load_tokenizer(config.model)
@@ -102,8 +101,6 @@ def report(config: Config) -> tuple[list[str], int]:
 
 
 def validate_main(argv: list[str]) -> int:
-    from alignment.cli import config_from_argv
-
     config = config_from_argv(argv)
     if config is None:
         return 2

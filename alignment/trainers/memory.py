@@ -16,7 +16,6 @@ from typing import Any
 import pyarrow.compute as pc
 import torch
 
-from alignment.config import Config
 from alignment.reference import reference_strategy
 
 logger = logging.getLogger(__name__)
@@ -101,7 +100,7 @@ def probe_longest_batch(trainer: Any) -> dict[str, int]:
 
 
 @contextlib.contextmanager
-def out_of_memory_reported(config: Config, args: Any, where: Callable[[], str]) -> Iterator[None]:
+def out_of_memory_reported(config: Any, args: Any, where: Callable[[], str]) -> Iterator[None]:
     """Turns `torch.OutOfMemoryError` into OutOfMemory with the advice. `where` is asked
     only then (the step is known only once the error has happened)."""
     try:
@@ -110,7 +109,7 @@ def out_of_memory_reported(config: Config, args: Any, where: Callable[[], str]) 
         raise OutOfMemory(out_of_memory_advice(config, args, where(), err)) from None
 
 
-def out_of_memory_advice(config: Config, args: Any, where: str, error: BaseException) -> str:
+def out_of_memory_advice(config: Any, args: Any, where: str, error: BaseException) -> str:
     """What ran out, where, and the settings that lower peak memory, each with its
     current value; settings already at their lightest are left out."""
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

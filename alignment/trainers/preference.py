@@ -12,13 +12,13 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel, Trainer
 from trl.models.utils import unwrap_model_for_generation
 
-from alignment.config import ReferenceUpdateConfig
 from alignment.data import PreferenceCollator
 from alignment.logprobs import PolicyForward, policy_forward
 from alignment.losses import LossOutput, PreferenceLoss, SequenceLogps
 from alignment.online.evaluation import GenerationEvaluation
 from alignment.reference import FrozenModel, NoReference, Reference
 from alignment.reference.updates import ReferenceUpdate
+from alignment.schema import ReferenceUpdateConfig
 from alignment.trainers.arguments import AlignmentTrainingArguments
 from alignment.trainers.checkpoints import mark_complete
 from alignment.trainers.faults import guard_nonfinite

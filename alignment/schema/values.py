@@ -67,7 +67,7 @@ def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
-def _coerce(value: Any, annotation: Any, key: str) -> Any:
+def coerce(value: Any, annotation: Any, key: str) -> Any:
     """Check `value` against a type annotation; return it (ints widen to float)."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
@@ -79,7 +79,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(value, arg, key)
+                return coerce(value, arg, key)
             except ConfigError as err:
                 errors.append(str(err))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} is not a {_type_name(annotation)}")
@@ -90,7 +90,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if origin is list or annotation is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_coerce(item, args[0], f"{key}.{i}") for i, item in enumerate(value)] if args else value
+        return [coerce(item, args[0], f"{key}.{i}") for i, item in enumerate(value)] if args else value
     if origin is dict or annotation is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
@@ -99,7 +99,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         scalar_key = getattr(annotation, "SCALAR_KEY", None)
         if scalar_key is not None and not isinstance(value, (dict, type(None))):
             value = {scalar_key: value}  # shorthand: `reference: model`, a source given as its path
-        return _build(annotation, value, key)
+        return build_section(annotation, value, key)
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
@@ -126,7 +126,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     return value
 
 
-def _build(cls: type, raw: Any, section: str):
+def build_section(cls: type, raw: Any, section: str):
     """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types."""
     if raw is None:
         raw = {}
@@ -137,7 +137,7 @@ def _build(cls: type, raw: Any, section: str):
     unknown = [k for k in raw if k not in names]
     if unknown:
         raise ConfigError(f"{section}: unknown key {unknown[0]!r}; allowed keys: {', '.join(names)}")
-    kwargs = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in raw.items()}
+    kwargs = {k: coerce(v, hints[k], f"{section}.{k}") for k, v in raw.items()}
     try:
         return cls(**kwargs)
     except TypeError as err:  # a required key is missing

@@ -4,7 +4,6 @@ the model and the forward (the loss's head) differ."""
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -12,14 +11,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from alignment.config import Config
-from alignment.data import build_datasets
 from alignment.losses import SequenceLogps
 from alignment.reference import NoReference
-from alignment.rewards.heads import RewardHead, VPLHead, model_head
+from alignment.rewards.heads import RewardHead, VPLHead
 from alignment.rewards.judge_file import write_judge_file
-from alignment.tools.model_card import render_model_card
-from alignment.trainers import PreferenceTrainer
+from alignment.trainers.preference import PreferenceTrainer
 
 logger = logging.getLogger(__name__)
 MAX_USERS_LOGGED = 16  # per-user VPL accuracies are logged for at most this many users
@@ -100,34 +96,3 @@ def _right(logps: SequenceLogps) -> Tensor:
     worst = logps.scores.argmin(-1, keepdim=True)
     chosen, rejected = logps.policy.gather(-1, best)[:, 0], logps.policy.gather(-1, worst)[:, 0]
     return (chosen > rejected).float() + 0.5 * (chosen == rejected).float()
-
-
-def build_reward_trainer(config: Config, training_args, tokenizer) -> tuple[RewardModelTrainer, Any]:
-    """Data, model and trainer for a recipe whose loss trains a judge (`model_head` is
-    reward, preference or vpl)."""
-    loss_fn = config.loss_fn
-    head = model_head(loss_fn, tokenizer)
-    with training_args.main_process_first(desc="preprocessing the data"):
-        data = build_datasets(config.data, tokenizer, require_order=True)
-        users = None
-        if isinstance(head, VPLHead):
-            from alignment.rewards.contexts import add_user_contexts
-
-            n, seed = loss_fn.context_pairs, config.data.seed
-            data.train, _ = add_user_contexts(data.train, n, seed, "train")
-            if data.test is not None:
-                data.test, users = add_user_contexts(data.test, n, seed + 1, "test")
-    model = head.load(config, training_args)
-    logger.info("training a %s model; loss: %s", head.kind, loss_fn.name)
-    trainer = RewardModelTrainer(
-        model=model,
-        args=training_args,
-        loss_fn=loss_fn,
-        head=head,
-        users=users,
-        processing_class=tokenizer,
-        train_dataset=data.train,
-        eval_dataset=data.test,
-        model_card=functools.partial(render_model_card, config),
-    )
-    return trainer, data

@@ -1,20 +1,16 @@
-"""The typed sections of a recipe: `model`, `lora`, `quantization`, `data`, `reference`,
-`loss` and the built `Config` (`online` and `evaluation` are in `alignment.config.online`).
-Each section checks its own values when it is built; checks across sections are in
-`alignment.config.combinations`."""
+"""The typed sections of a recipe: `model`, `lora`, `quantization`, `data`, `reference`
+and `loss` (`online` and `evaluation` are in `alignment.schema.online`). Each section
+checks its own values when it is built; everything that relates sections, or needs the
+loaded model, is checked in `alignment.config`."""
 
 from __future__ import annotations
 
 import glob
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from alignment.config.online import EvaluationConfig, OnlineConfig
-from alignment.config.schema import ConfigError
-
-if TYPE_CHECKING:
-    from alignment.losses import PreferenceLoss
+from alignment.schema.values import ConfigError
 
 # A local data file's name ends in one of these, optionally followed by a compression
 # suffix (`.gz`, `.bz2`, `.xz`, `.zst`): alignment.data.sources reads them.
@@ -299,32 +295,6 @@ class LossSpec:
     name: str
     params: dict[str, Any] = field(default_factory=dict)
     weight: float = 1.0
-
-
-@dataclass
-class Config:
-    model: ModelConfig
-    lora: LoraConfig | None
-    quantization: QuantizationConfig | None
-    data: DataConfig
-    reference: ReferenceConfig
-    loss: list[LossSpec]
-    online: OnlineConfig | None
-    training: dict[str, Any]
-    resolved: dict[str, Any]
-    evaluation: EvaluationConfig | None = None
-    # The recipe's loss, built once at load time: the flags (needs_reference, online_only, ...) are read from it.
-    loss_fn: PreferenceLoss | None = None
-
-    def training_arguments(self):
-        """The validated `AlignmentTrainingArguments` (built on demand: constructing
-        TrainingArguments sets up the distributed state)."""
-        from alignment.trainers.arguments import AlignmentTrainingArguments
-
-        try:
-            return AlignmentTrainingArguments(**self.training)
-        except ValueError as err:  # transformers' checks of combinations: one line, naming the section
-            raise ConfigError(f"training: {err}") from None
 
 
 def _home(value: str | None) -> str | None:

@@ -10,7 +10,12 @@ import os
 from dataclasses import dataclass
 from typing import Literal
 
-from alignment.config.schema import ConfigError
+from alignment.schema.values import ConfigError
+
+# How a pairwise preference model reads a prompt and two completions: its training
+# (`pairwise_preference`) and its judge lay them out the same way.
+PAIR_TEMPLATE = "{prompt}\n\nResponse A:\n{completion_a}\n\nResponse B:\n{completion_b}"
+PAIR_PLACEHOLDERS = ("{prompt}", "{completion_a}", "{completion_b}")
 
 JUDGE_TYPES = ("callable", "reward_function", "reward_model", "pairwise", "vpl")
 
@@ -52,7 +57,7 @@ class JudgeConfig:
     batch_size: int = 16
     max_length: int = 1024
     trust_remote_code: bool = False
-    pairwise_template: str = "{prompt}\n\nResponse A:\n{completion_a}\n\nResponse B:\n{completion_b}"
+    pairwise_template: str = PAIR_TEMPLATE
     user_context: str | None = None
 
     def __post_init__(self) -> None:

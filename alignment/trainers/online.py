@@ -16,7 +16,6 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Sampler as IndexSampler
 
-from alignment.config import OnlineConfig
 from alignment.data import PromptCollator
 from alignment.losses import LossOutput, PreferenceLoss
 from alignment.online.feedback import Feedback, judge_samples
@@ -32,6 +31,7 @@ from alignment.online.sampler import (
     draw,
     eos_ids,
 )
+from alignment.schema import OnlineConfig
 from alignment.trainers.arguments import AlignmentTrainingArguments
 from alignment.trainers.faults import guard_nonfinite
 from alignment.trainers.preference import PreferenceTrainer
@@ -91,13 +91,8 @@ class OnlineTrainer(PreferenceTrainer):
             data_collator=PromptCollator(pad_token_id=processing_class.pad_token_id),
             **kwargs,
         )
-        if self.reference.gives_logps and not self.reference.live:
-            raise ValueError(
-                f"online training samples new completions every step: a {self.reference.type!r} reference cannot work"
-            )
+        # The recipe's combinations (a live reference, a sampler that has its reference) were checked at load.
         self.sampler: Sampler = build_sampler(online.sampler, online.mixture_coef)
-        if self.sampler.needs_reference and not self.reference.live:
-            raise ValueError(f"sampler {online.sampler!r} samples from the reference, but there is none")
         self.judge = judge
         self.online = online
         first = POLICY if loss_fn.first_item_from_policy else self.sampler
