@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from alignment.config import DataConfig, ModelConfig, SourceConfig
 from alignment.data import PreferenceCollator, build_datasets
@@ -127,3 +128,36 @@ def batch_logps(policy, reference, batch: dict[str, torch.Tensor], reads=frozens
 
     with torch.no_grad():
         return loss_inputs(None, loss, policy, batch, forward, reference_logps)
+
+
+# ----------------------------------------------------------------------------- bandit models
+# One fixed prompt; a completion is one token of a 7-token vocabulary (tests/test_online_bandit.py,
+# tests/test_policy_bandits.py).
+
+VOCAB = ["<pad>", "<eos>", "a", "b", "c", "d", "e"]
+ANSWERS = ["a", "b", "c", "d", "e", ""]  # "" is no answer: pad or EOS
+PROMPT_ID = VOCAB.index("a")
+
+
+def bandit_model() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(VOCAB),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=8,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=None,
+        initializer_range=0.3,  # a clearly non-uniform mu
+        tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(config)
+
+
+def next_token_distribution(model) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.softmax(model(torch.tensor([[PROMPT_ID]])).logits[0, -1].double(), -1)

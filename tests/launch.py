@@ -12,7 +12,8 @@ from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
+
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread per process beside the other worker (tests/conftest.py)
     ENV |= {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -206,3 +207,11 @@ def log_history(out: Path) -> list[dict]:
 
 def logged(out: Path, key: str = "loss") -> list[float]:
     return [entry[key] for entry in log_history(out) if key in entry]
+
+
+def run_recipe(name: str, out: Path, *overrides: str) -> tuple[dict, dict]:
+    """(the step-0 evaluation, the final one) of recipes/tiny/<name>.yaml."""
+    train_in_process(name, out, *overrides)
+    final = json.loads((out / "eval_results.json").read_text())
+    start = next(entry for entry in log_history(out) if entry.get("epoch") == 0 and any("eval_" in k for k in entry))
+    return start, final

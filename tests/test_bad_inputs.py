@@ -15,10 +15,9 @@ import pytest
 
 from alignment.config import ConfigError, DataConfig, SourceConfig, load_config
 from alignment.data import BadRowError, DataError, build_datasets
-from tests.helpers import tiny_tokenizer, write_jsonl
+from tests.helpers import ROOT, tiny_tokenizer, write_jsonl
 from tests.launch import train
 
-ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes" / "tiny"
 
 CONFIG_CASES = [

@@ -9,13 +9,11 @@ from pathlib import Path
 import pytest
 
 from alignment.tools.validate import histogram, tied_pairs
-from tests.helpers import write_jsonl
+from tests.helpers import ROOT, write_jsonl
 from tests.launch import run, train
 
 # Each test launches training runs (seconds to a minute each): the full suite runs them, the fast tier does not.
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 
 from alignment.config import ConfigError, ModelConfig, SourceConfig, apply_overrides, load_config, parse_override
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY_DPO = ROOT / "recipes" / "tiny" / "dpo.yaml"
 
 
@@ -144,18 +143,28 @@ def test_cli_rejects_a_misspelt_loss_within_seconds_before_loading(tmp_path):
 
 def test_alignment_losses_lists_every_loss_with_paper_and_defaults(capsys):
     from alignment.cli import main
+    from alignment.losses import available_losses
 
     assert main(["losses"]) == 0
     lines = capsys.readouterr().out.splitlines()
     # Each loss is a header line "name: summary" followed by indented paper/formula/parameters lines.
     headers = {line.split(":")[0]: i for i, line in enumerate(lines) if not line.startswith(" ")}
-    assert set(headers) == {
+    # Every registered loss, whatever is added later; the ones the README documents among them.
+    assert set(headers) == set(available_losses())
+    assert set(headers) >= {
         *("dpo", "ipo", "rdpo", "rpo", "hinge", "lipo", "listmle", "nash_md", "online_ipo"),
         *("spo", "sppo", "copg", "rloo", "grpo"),
         *("bradley_terry", "plackett_luce", "pairwise_preference", "vpl"),
         *("exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot", "aot_unpaired", "apo_zero", "apo_down"),
         *("discopop", "sigmoid_norm", "sft", "simpo", "cpo", "orpo", "kto"),
     }
+    for name, i in headers.items():  # paper, formula, parameters and TRL name under each
+        assert [line.split(":")[0] for line in lines[i + 1 : i + 5]] == [
+            "    paper",
+            "    formula",
+            "    parameters",
+            "    TRL",
+        ], name
     expected = {
         "dpo": ("Rafailov et al. 2023", "beta=0.1, label_smoothing=0.0"),
         "ipo": ("Azar et al. 2023", "tau=0.1, length_normalize=True"),

@@ -23,9 +23,9 @@ from alignment.config import DataConfig, SourceConfig
 from alignment.data import BadRowError, build_datasets, load_source
 from alignment.data import files as files_module
 from alignment.data.sources import source_label
+from tests.helpers import ROOT
 from tests.launch import log_history, train_in_process
 
-ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "tiny" / "dpo.yaml"
 # 64 rows: two steps of the tiny recipe's batch of 32 are exactly one pass over them.
 LINES = (ROOT / "recipes" / "tiny" / "data" / "pairs_train.jsonl").read_bytes().splitlines(keepends=True)[:64]

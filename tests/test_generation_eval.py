@@ -23,10 +23,7 @@ from alignment.online.judges import JudgeError
 from alignment.schema.online import EvaluationConfig, JudgeConfig
 from alignment.tasks import chat_addition
 from alignment.tasks.arithmetic import closer_to_sum, exact_sum
-from tests.helpers import EOS, TINY, tiny_model, tiny_tokenizer
-
-ROOT = Path(__file__).resolve().parents[1]
-
+from tests.helpers import EOS, ROOT, TINY, tiny_model, tiny_tokenizer
 
 # ---------------------------------------------------------------- the SmolLM2 task
 

@@ -7,8 +7,7 @@ from __future__ import annotations
 import pytest
 
 from alignment.config import load_config
-from tests.launch import ROOT
-from tests.test_method_recipes import run_recipe
+from tests.launch import ROOT, run_recipe
 
 pytestmark = pytest.mark.slow
 

@@ -12,13 +12,12 @@ import pytest
 
 from alignment.config import load_config
 from alignment.trainers.memory import longest_rows, out_of_memory_advice
-from tests.helpers import float32_approx
+from tests.helpers import ROOT, float32_approx
 from tests.launch import log_history, train
 
 # Each test launches training runs (seconds to a minute each): the full suite runs them, the fast tier does not.
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
 
 FAKE_OOM = """
 import os

@@ -4,24 +4,13 @@ test_train_e2e.py), each in seconds."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 
 from alignment.config import load_config
 from alignment.run import train
-from tests.launch import ROOT, log_history, train_in_process
+from tests.launch import ROOT, run_recipe
 
 pytestmark = pytest.mark.slow
-
-
-def run_recipe(name: str, out: Path, *overrides: str) -> tuple[dict, dict]:
-    """(the step-0 evaluation, the final one) of recipes/tiny/<name>.yaml."""
-    train_in_process(name, out, *overrides)
-    final = json.loads((out / "eval_results.json").read_text())
-    start = next(entry for entry in log_history(out) if entry.get("epoch") == 0 and any("eval_" in k for k in entry))
-    return start, final
 
 
 @pytest.mark.parametrize("recipe", ["spo", "rloo", "grpo", "copg_online", "online_lipo"])

@@ -14,13 +14,12 @@ from alignment.data import BadRowError
 from alignment.data.prompts import build_prompt_datasets
 from alignment.online.judges import CallableJudge, JudgeError
 from alignment.tasks.arithmetic import closer_to_sum
-from tests.helpers import ASSISTANT, EOS, char_ids, tiny_tokenizer, write_jsonl
+from tests.helpers import ASSISTANT, EOS, ROOT, char_ids, tiny_tokenizer, write_jsonl
 from tests.launch import accelerate_launch, log_history, train, train_in_process
 
 # Each test launches training runs (seconds to a minute each): the full suite runs them, the fast tier does not.
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
 ONLINE_RECIPES = ["nash_md", "online_ipo", "ipo_md", "online_dpo"]
 
 

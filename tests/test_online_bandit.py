@@ -16,7 +16,7 @@ import datasets
 import pytest
 import torch
 from tokenizers import Tokenizer, models
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from alignment.losses import get_loss
 from alignment.online.judges import Judge
@@ -29,13 +29,11 @@ from alignment.tabular_nash import (
 )
 from alignment.trainers.arguments import AlignmentTrainingArguments
 from alignment.trainers.online import OnlineTrainer
+from tests.helpers import ANSWERS, PROMPT_ID, VOCAB, bandit_model, next_token_distribution
 
 # Each test launches training runs (seconds to a minute each): the full suite runs them, the fast tier does not.
 pytestmark = pytest.mark.slow
 
-VOCAB = ["<pad>", "<eos>", "a", "b", "c", "d", "e"]
-ANSWERS = ["a", "b", "c", "d", "e", ""]  # "" is no answer: pad or EOS
-PROMPT_ID = VOCAB.index("a")
 TAU = 0.1
 MIXTURE = 0.1
 
@@ -60,30 +58,6 @@ class MatrixJudge(Judge):
     def _probabilities(self, prompts, completions):
         P = answer_matrix()
         return [float(P[ANSWERS.index(y0), ANSWERS.index(y1)]) for y0, y1 in completions]
-
-
-def bandit_model() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(VOCAB),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=8,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=None,
-        initializer_range=0.3,  # a clearly non-uniform mu
-        tie_word_embeddings=False,
-    )
-    return LlamaForCausalLM(config)
-
-
-def next_token_distribution(model) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.softmax(model(torch.tensor([[PROMPT_ID]])).logits[0, -1].double(), -1)
 
 
 @pytest.mark.parametrize(

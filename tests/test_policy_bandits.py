@@ -34,7 +34,7 @@ from alignment.tabular_nash import geometric_mixture, regularized_nash_equilibri
 from alignment.trainers.arguments import AlignmentTrainingArguments
 from alignment.trainers.online import OnlineTrainer
 from alignment.trainers.preference import PreferenceTrainer
-from tests.test_online_bandit import ANSWERS, PROMPT_ID, VOCAB, bandit_model, next_token_distribution
+from tests.helpers import ANSWERS, PROMPT_ID, VOCAB, bandit_model, next_token_distribution
 
 torch.set_num_threads(1)  # tiny matrices: more threads would only contend with other jobs
 

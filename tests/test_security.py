@@ -10,9 +10,7 @@ import pytest
 
 from alignment.config import ConfigError, ModelConfig, load_config
 from alignment.models import load_policy, load_tokenizer
-from tests.helpers import TINY, tiny_model
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT, TINY, tiny_model
 
 
 def test_yaml_python_tags_are_refused_not_run(tmp_path):

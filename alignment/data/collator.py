@@ -52,7 +52,7 @@ class PreferenceCollator:
         batch_size, k_max = len(rows), max(ks)
         c_max = max((len(c) for items in completions for c in items), default=0)
 
-        prompt_ids, prompt_mask = _pad_2d(prompts, self.pad_token_id)
+        prompt_ids, prompt_mask = right_padded(prompts, self.pad_token_id)
         completion_ids = torch.full((batch_size, k_max, c_max), self.pad_token_id, dtype=torch.long)
         completion_mask = torch.zeros((batch_size, k_max, c_max), dtype=torch.long)
         lengths = torch.zeros((batch_size, k_max), dtype=torch.long)
@@ -84,12 +84,15 @@ def _to_list(values: Any) -> list[Any]:
     return values.tolist() if isinstance(values, torch.Tensor) else list(values)
 
 
-def _pad_2d(sequences: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+def right_padded(sequences: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id sequences as one right-padded [N, longest] batch and its attention mask:
+    under causal attention the real tokens never see the pads and keep positions 0..n-1,
+    so a padded sequence scores as it would alone."""
     width = max((len(s) for s in sequences), default=0)
     ids = torch.full((len(sequences), width), pad, dtype=torch.long)
     attention = torch.zeros((len(sequences), width), dtype=torch.long)
     for i, seq in enumerate(sequences):
-        ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        ids[i, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
         attention[i, : len(seq)] = 1
     return ids, attention
 
@@ -133,6 +136,6 @@ class PromptCollator:
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if not rows:
             raise ValueError("cannot collate an empty batch")
-        ids, attention = _pad_2d([_to_list(row["prompt_input_ids"]) for row in rows], self.pad_token_id)
+        ids, attention = right_padded([_to_list(row["prompt_input_ids"]) for row in rows], self.pad_token_id)
         prompts = [json.loads(row["prompt"]) for row in rows]
         return {"prompt_input_ids": ids, "prompt_attention_mask": attention, "prompts": prompts}

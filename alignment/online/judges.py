@@ -22,6 +22,7 @@ from torch import Tensor
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
 from alignment.data.adapters import adapt_row, detect_layout
+from alignment.data.collator import right_padded
 from alignment.data.example import PreferenceExample
 from alignment.data.tokenize import tokenize_example
 from alignment.models import DTYPES
@@ -231,14 +232,7 @@ class _ClassifierJudge(Judge):
         out = []
         for start in range(0, len(encoded), self.batch_size):
             chunk = encoded[start : start + self.batch_size]
-            width = max(len(ids) for ids in chunk)
-            # Right padding: under causal attention the real tokens never see the pads, and their
-            # positions stay 0..n-1, so a padded text scores as it would alone.
-            input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, ids in enumerate(chunk):
-                input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-                attention_mask[row, : len(ids)] = 1
+            input_ids, attention_mask = right_padded(chunk, pad)  # a padded text scores as it would alone
             logits = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device))
             out.append(logits.logits.float().cpu())
         return torch.cat(out)
@@ -390,12 +384,7 @@ class VPLJudge(RewardJudge):
         out = []
         for start in range(0, len(encoded), self.batch_size):
             chunk = encoded[start : start + self.batch_size]
-            width = max(len(ids) for ids in chunk)
-            input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, ids in enumerate(chunk):
-                input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-                attention_mask[row, : len(ids)] = 1
+            input_ids, attention_mask = right_padded(chunk, pad)
             out.append(self.model.embed(input_ids.to(self.device), attention_mask.to(self.device)))
         return torch.cat(out)
 

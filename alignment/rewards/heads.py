@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from alignment.data import PreferenceCollator
+from alignment.data.collator import right_padded
 from alignment.logprobs import concatenated_rows
 from alignment.losses import PreferenceLoss, SequenceLogps
 from alignment.losses.base import LatentPosterior
@@ -18,11 +19,6 @@ from alignment.models import load_backbone, load_reward_model
 from alignment.rewards.contexts import VPLCollator
 from alignment.rewards.pair_inputs import pair_ids, template_segments
 from alignment.rewards.vpl import VPLRewardModel
-
-
-def _item_index(inputs: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-    index = inputs["mask"].nonzero()
-    return index[:, 0], index[:, 1]
 
 
 def _sequence_logps(inputs: Mapping[str, Tensor], scores: Tensor, **fields: Any) -> SequenceLogps:
@@ -35,16 +31,6 @@ def _sequence_logps(inputs: Mapping[str, Tensor], scores: Tensor, **fields: Any)
         margins=inputs.get("margins"),
         **fields,
     )
-
-
-def _right_padded(sequences: list[list[int]], pad: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
-    attention = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-        attention[row, : len(seq)] = 1
-    return ids.to(device), attention.to(device)
 
 
 class RewardHead:
@@ -115,7 +101,7 @@ class PreferenceHead(RewardHead):
             logits = torch.zeros(shape, device=device)
         else:
             sequences = [ids(r, i, j) for r, i, j in pairs] + [ids(r, j, i) for r, i, j in pairs]
-            input_ids, attention_mask = _right_padded(sequences, self.pad_token_id, device)
+            input_ids, attention_mask = (t.to(device) for t in right_padded(sequences, self.pad_token_id))
             f = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, 0].float()
             forward, backward = f.chunk(2)
             logits = f.new_zeros(shape).index_put((b, winner, loser), forward).index_put((b, loser, winner), backward)

@@ -68,10 +68,6 @@ def problem(checkpoint_dir: str | os.PathLike[str]) -> str | None:
     return None
 
 
-def is_complete(checkpoint_dir: str | os.PathLike[str]) -> bool:
-    return problem(checkpoint_dir) is None
-
-
 def checkpoints(output_dir: str | os.PathLike[str]) -> list[Path]:
     """`checkpoint-N` directories in `output_dir`, by step."""
     root = Path(output_dir)
