@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import string
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from alignment.config import DataConfig, ModelConfig, SourceConfig
 from alignment.data import PreferenceCollator, build_datasets
+from alignment.losses import SequenceLogps
 from alignment.models import load_policy, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,3 +163,28 @@ def bandit_model() -> LlamaForCausalLM:
 def next_token_distribution(model) -> torch.Tensor:
     with torch.no_grad():
         return torch.softmax(model(torch.tensor([[PROMPT_ID]])).logits[0, -1].double(), -1)
+
+
+# ----------------------------------------------------------------------------- hand-sized loss batches
+# (tests/test_losses.py, tests/test_trl_losses.py)
+
+
+def L(x: float) -> float:
+    """softplus(-x) = -log sigmoid(x), written independently of the implementation."""
+    return math.log1p(math.exp(-x))
+
+
+def batch(policy, reference, scores, mask=None, lengths=None, dtype=torch.float64) -> SequenceLogps:
+    policy = torch.tensor(policy, dtype=dtype, requires_grad=True)
+    scores = torch.tensor(scores, dtype=torch.float32)
+    return SequenceLogps(
+        policy=policy,
+        reference=None if reference is None else torch.tensor(reference, dtype=dtype),
+        scores=scores,
+        mask=torch.ones_like(scores, dtype=torch.bool) if mask is None else torch.tensor(mask),
+        lengths=torch.ones_like(scores, dtype=torch.long) if lengths is None else torch.tensor(lengths),
+    )
+
+
+# One pair: r_w = -1 - (-2) = 1, r_l = -3 - (-2.5) = -0.5, h = 1.5; lengths 2 and 5.
+PAIR = dict(policy=[[-1.0, -3.0]], reference=[[-2.0, -2.5]], scores=[[1.0, 0.0]], lengths=[[2, 5]])

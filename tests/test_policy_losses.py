@@ -1,6 +1,7 @@
 """The self-play and policy-gradient losses (spo, sppo, copg, rloo, grpo): values worked
 out by hand, gradients (stopped where the formulas stop them), TRL's formulas on the
-same tensors, padding invariance, numerical range, parameters and flags."""
+same tensors, lone items, parameters and flags. Their gradcheck, padding invariance and
+finiteness at log-ratios of +-1e4 are in test_loss_contract.py."""
 
 from __future__ import annotations
 
@@ -368,107 +369,28 @@ def test_grpo_needs_tokens():
 # ------------------------------------------------------------- shared properties
 
 
-def _case(name: str, seed: int = 0, dtype=F64, huge: float | None = None):
+def _case(name: str, seed: int = 0):
     """(loss, batch, leaf) for a random batch of B = 2 prompts and K = 3 items; `leaf`
-    is the tensor the gradient is taken with respect to. `huge`: log-ratios to the
-    reference of +-huge."""
+    is the tensor the gradient is taken with respect to."""
     g = torch.Generator().manual_seed(seed)
     b, k, t = 2, 3, 4
-    policy = (-5 * torch.rand(b, k, generator=g, dtype=F64)).to(dtype)
-    reference = (-5 * torch.rand(b, k, generator=g, dtype=F64)).to(dtype)
-    if huge is not None:
-        reference = policy.detach() + huge * torch.tensor([[1.0, -1.0, 0.5], [-1.0, 1.0, -0.5]], dtype=dtype)
-    scores = torch.tensor([[1.0, 0.0, 2.0], [0.5, 3.0, -1.0]], dtype=dtype)
+    policy = -5 * torch.rand(b, k, generator=g, dtype=F64)
+    reference = -5 * torch.rand(b, k, generator=g, dtype=F64)
+    scores = torch.tensor([[1.0, 0.0, 2.0], [0.5, 3.0, -1.0]], dtype=F64)
     upper = torch.rand(b, k, k, generator=g, dtype=F64)
     prefs = torch.triu(upper, 1) + torch.tril(1 - upper.transpose(1, 2), -1) + 0.5 * torch.eye(k, dtype=F64)
-    prefs = prefs.to(dtype)
     params = {"spo": {"tau": 0.1}, "sppo": {"beta": 0.5}, "copg": {}, "rloo": {}, "grpo": {}}[name]
     loss = get_loss(name, **params)
     if name == "grpo":
-        lp = (-2 * torch.rand(b, k, t, generator=g, dtype=F64)).to(dtype)
+        lp = -2 * torch.rand(b, k, t, generator=g, dtype=F64)
         # old policy 0.1 away in each direction (ratios 0.90 / 1.105, inside the clip range)
-        old = lp + 0.1 * torch.where(torch.rand(b, k, t, generator=g) > 0.5, 1.0, -1.0).to(dtype)
-        signs = torch.where(torch.rand(b, k, t, generator=g) > 0.5, 1.0, -1.0).to(dtype)
-        ref = lp + (0.7 if huge is None else huge) * signs
-        leaf, tokens = token_logps(lp.clone().requires_grad_(True), old=old, reference=ref, dtype=dtype)
+        old = lp + 0.1 * torch.where(torch.rand(b, k, t, generator=g) > 0.5, 1.0, -1.0).to(F64)
+        signs = torch.where(torch.rand(b, k, t, generator=g) > 0.5, 1.0, -1.0).to(F64)
+        ref = lp + 0.7 * signs
+        leaf, tokens = token_logps(lp.clone().requires_grad_(True), old=old, reference=ref)
         return loss, grpo_batch(leaf, tokens, scores), leaf
     leaf = policy.clone().requires_grad_(True)
-    return loss, logps(leaf, reference, scores, preferences=prefs, dtype=dtype), leaf
-
-
-@pytest.mark.parametrize("name", NEW)
-def test_gradcheck(name):
-    loss, batch, leaf = _case(name)
-    if name in ("spo", "rloo"):  # their stopgrad(A) depends on the policy through rho: check at tau/beta = 0
-        loss = get_loss(name, **({"tau": 0.0} if name == "spo" else {"beta": 0.0}))
-
-    def f(x):
-        if name == "grpo":
-            tokens = TokenLogps(x, batch.tokens.reference, batch.tokens.old_policy, batch.tokens.mask)
-            return loss(grpo_batch(x, tokens, batch.scores)).loss
-        return loss(SequenceLogps(x, batch.reference, batch.scores, batch.mask, batch.lengths, batch.preferences)).loss
-
-    assert torch.autograd.gradcheck(f, (leaf.detach().clone().requires_grad_(True),), eps=1e-6, atol=1e-7)
-
-
-def _pad(batch: SequenceLogps, leaf: torch.Tensor):
-    """The batch with a fourth, padded item of garbage values (and garbage token padding)."""
-    b, k = batch.mask.shape
-    junk = 1234.5
-
-    def widen(t, fill):
-        return None if t is None else torch.cat([t.detach(), torch.full((b, 1, *t.shape[2:]), fill, dtype=t.dtype)], 1)
-
-    prefs = None
-    if batch.preferences is not None:
-        prefs = torch.full((b, k + 1, k + 1), 77.0, dtype=batch.preferences.dtype)
-        prefs[:, :k, :k] = batch.preferences
-    mask = torch.cat([batch.mask, torch.zeros(b, 1, dtype=torch.bool)], 1)
-    if batch.tokens is None:
-        new_leaf = widen(leaf, -junk).requires_grad_(True)
-        padded = SequenceLogps(
-            new_leaf, widen(batch.reference, junk), widen(batch.scores, -junk), mask, widen(batch.lengths, 0), prefs
-        )
-        return padded, new_leaf
-    tok = batch.tokens
-
-    # one more (masked) token per item too, holding garbage
-    def longer(t, fill):
-        return torch.cat([widen(t, fill), torch.full((b, k + 1, 1), fill, dtype=t.dtype)], 2)
-
-    new_leaf = longer(leaf, junk).requires_grad_(True)
-    tmask = torch.cat([widen(tok.mask, True), torch.zeros(b, k + 1, 1, dtype=torch.bool)], 2)
-    tokens = TokenLogps(new_leaf, longer(tok.reference, -junk), longer(tok.old_policy, junk), tmask)
-    padded = SequenceLogps(
-        (new_leaf * tmask).sum(-1),
-        (tokens.reference * tmask).sum(-1),
-        widen(batch.scores, junk),
-        mask,
-        widen(batch.lengths, 0),
-        None,
-        tokens,
-    )
-    return padded, new_leaf
-
-
-@pytest.mark.parametrize("name", NEW)
-def test_padding_changes_nothing(name):
-    loss, batch, leaf = _case(name)
-    out = loss(batch)
-    (grad,) = torch.autograd.grad(out.loss, leaf)
-    padded, new_leaf = _pad(batch, leaf)
-    out_padded = loss(padded)
-    (grad_padded,) = torch.autograd.grad(out_padded.loss, new_leaf)
-    assert out_padded.loss.item() == pytest.approx(out.loss.item(), rel=1e-12, abs=1e-12)
-    k = batch.mask.shape[1]
-    if name == "grpo":
-        assert torch.allclose(grad_padded[:, :k, :-1], grad, atol=1e-12)
-        assert grad_padded[:, k:].abs().sum() == 0 and grad_padded[..., -1].abs().sum() == 0
-    else:
-        assert torch.allclose(grad_padded[:, :k], grad, atol=1e-12)
-        assert grad_padded[:, k:].abs().sum() == 0
-    for key, value in out.metrics.items():
-        assert out_padded.metrics[key].item() == pytest.approx(value.item(), rel=1e-9, abs=1e-12), key
+    return loss, logps(leaf, reference, scores, preferences=prefs), leaf
 
 
 @pytest.mark.parametrize("name", ["spo", "sppo", "rloo", "grpo"])
@@ -498,17 +420,6 @@ def test_a_prompt_with_one_real_item_is_left_out(name):
     assert math.isfinite(base)
 
 
-@pytest.mark.parametrize("name", NEW)
-@pytest.mark.parametrize("size", [1e4, -1e4])
-def test_finite_at_huge_log_ratios(name, size):
-    loss, batch, leaf = _case(name, dtype=torch.float32, huge=size)
-    out = loss(batch)
-    (grad,) = torch.autograd.grad(out.loss, leaf)
-    assert torch.isfinite(out.loss)
-    assert torch.isfinite(grad).all()
-    assert all(torch.isfinite(v) for v in out.metrics.values())
-
-
 def test_grpo_finite_at_huge_ratios_to_the_old_policy():
     for size in (1e4, -1e4):
         lp = torch.zeros(1, 2, 2, requires_grad=True)
@@ -527,13 +438,11 @@ def test_grpo_finite_at_huge_ratios_to_the_old_policy():
         ("sppo", {"beta": 0.0}, "beta"),
         ("sppo", {"select": "best"}, "select"),
         ("copg", {"beta": 0}, "beta"),
-        ("copg", {"beta": float("nan")}, "beta"),
         ("rloo", {"beta": -1.0}, "beta"),
         ("grpo", {"epsilon": 0.0}, "epsilon"),
         ("grpo", {"epsilon": 1.0}, "epsilon"),
         ("grpo", {"beta": -0.5}, "beta"),
         ("grpo", {"std_eps": 0.0}, "std_eps"),
-        ("grpo", {"beta": True}, "beta"),
     ],
 )
 def test_out_of_range_parameters_are_rejected(name, params, needle):

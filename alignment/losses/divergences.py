@@ -26,8 +26,11 @@ from torch import Tensor
 FDivergence = Literal["reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"]
 F_DIVERGENCES: tuple[str, ...] = get_args(FDivergence)
 
-# exp((a - 1) r) is clamped below exp(80) so it stays finite in float32, as TRL does.
-_ALPHA_EXPONENT_MAX = 80.0
+# exp((a - 1) r) and exp(-r) are clamped at exp(40), so that the margins and their squares
+# (IPO) stay finite in float32: a log-ratio of -100 is an ordinary value in training. TRL
+# clamps the alpha divergence's at exp(80) and not forward KL's; both agree with it wherever
+# the exponent is below 40.
+_EXPONENT_MAX = 40.0
 
 
 def f_prime(r: Tensor, divergence: str, alpha: float = 0.5) -> Tensor:
@@ -35,12 +38,12 @@ def f_prime(r: Tensor, divergence: str, alpha: float = 0.5) -> Tensor:
     if divergence == "reverse_kl":
         return r
     if divergence == "forward_kl":
-        return 1 - torch.exp(-r)
+        return -torch.expm1((-r).clamp(max=_EXPONENT_MAX))  # 1 - exp(-r)
     if divergence == "js_divergence":
         return math.log(2) + F.logsigmoid(r)
     if divergence == "alpha_divergence":
         if abs(alpha - 1.0) < 1e-6:  # the limit a -> 1 is log u
             return r
-        exponent = ((alpha - 1.0) * r).clamp(max=_ALPHA_EXPONENT_MAX)
+        exponent = ((alpha - 1.0) * r).clamp(max=_EXPONENT_MAX)
         return torch.expm1(exponent) / (alpha - 1.0)
     raise ValueError(f"unknown f_divergence {divergence!r}; allowed: {', '.join(map(repr, F_DIVERGENCES))}")

@@ -30,11 +30,18 @@ from alignment.losses.metrics import reward_metrics
 from alignment.losses.pairs import PAIR_MODES, PairMode, pair_mask
 from alignment.losses.pairwise import neg_logsigmoid
 
+LN2 = 0.6931471805599453
+
 
 def log1mexp(x: Tensor) -> Tensor:
     """log(1 - exp(x)) for x < 0, accurate near 0 and for large |x| (Maechler 2012)."""
     x = x.clamp(max=-torch.finfo(x.dtype).tiny)
-    return torch.where(x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+    near_zero = x > -LN2
+    # Each branch sees only the inputs it is chosen for: the other branch's gradient at
+    # x -> 0 is 0/0, and torch.where would send that NaN back through the discarded side.
+    near = torch.log(-torch.expm1(torch.where(near_zero, x, -LN2)))
+    far = torch.log1p(-torch.exp(torch.where(near_zero, -LN2, x)))
+    return torch.where(near_zero, near, far)
 
 
 def chosen_token_nll(logps: SequenceLogps, selected: Tensor) -> Tensor:
