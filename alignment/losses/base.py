@@ -55,8 +55,13 @@ class LatentPosterior:
 ITEMS, PAIRS, TOKENS = "items", "pairs", "tokens"
 
 
-def _padded(shape: str, fill: float = 0.0) -> dict[str, Any]:
-    return {"padded": (shape, fill)}
+def _field(shape: str | None = None, fill: float = 0.0, input: str | None = None, **kw: Any) -> Any:
+    """A SequenceLogps field: how `masked` pads it (`shape`, `fill`) and, for an input a
+    loss may declare in `reads`, what it holds (`input`; `INPUTS` is built from these)."""
+    metadata = {} if shape is None else {"padded": (shape, fill)}
+    if input is not None:
+        metadata["input"] = input
+    return field(metadata=metadata, **kw)
 
 
 @dataclass
@@ -74,18 +79,34 @@ class SequenceLogps:
     a log-prob: read it as `model_scores`.
     """
 
-    policy: Tensor = field(metadata=_padded(ITEMS))
-    reference: Tensor | None = field(metadata=_padded(ITEMS))
-    scores: Tensor = field(metadata=_padded(ITEMS))
-    mask: Tensor
-    lengths: Tensor = field(metadata=_padded(ITEMS, 1.0))
-    preferences: Tensor | None = field(default=None, metadata=_padded(PAIRS, 0.5))
-    tokens: TokenLogps | None = field(default=None, metadata=_padded(TOKENS))
-    margins: Tensor | None = None
-    pair_logits: Tensor | None = field(default=None, metadata=_padded(PAIRS, 0.0))
-    latent: LatentPosterior | None = None
-    kl_baseline: Tensor | None = None
-    wpo_log_weights: Tensor | None = field(default=None, metadata=_padded(ITEMS))
+    policy: Tensor = _field(ITEMS)
+    reference: Tensor | None = _field(ITEMS, input="the reference's log-probs [B, K]")
+    scores: Tensor = _field(ITEMS)
+    mask: Tensor = _field()
+    lengths: Tensor = _field(ITEMS, 1.0)
+    preferences: Tensor | None = _field(
+        PAIRS, 0.5, default=None, input="online: the judge's P(y_i > y_j) [B, K, K] (P_ji = 1 - P_ij, diagonal 1/2)"
+    )
+    tokens: TokenLogps | None = _field(
+        TOKENS, default=None, input="per-token log-probs of policy, reference and sampling policy (TokenLogps)"
+    )
+    margins: Tensor | None = _field(default=None, input="the data's per-row reward margin [B] (0 when it has none)")
+    pair_logits: Tensor | None = _field(
+        PAIRS, 0.0, default=None, input="a pairwise preference model's logit of P(y_i > y_j) [B, K, K]"
+    )
+    latent: LatentPosterior | None = _field(
+        default=None, input="a VPL encoder's posterior over the user's latent (LatentPosterior)"
+    )
+    kl_baseline: Tensor | None = _field(
+        default=None,
+        input="KTO's KL(policy || reference) estimate: the mean log-ratio of each completion under another "
+        "list's prompt (a scalar, averaged over processes)",
+    )
+    wpo_log_weights: Tensor | None = _field(
+        ITEMS,
+        default=None,
+        input="WPO's log weight of each completion [B, K], (1/|y|) sum_t [log p(y_t) - log sum_v p(v)^2]",
+    )
 
     @property
     def model_scores(self) -> Tensor:
@@ -148,19 +169,10 @@ class UnknownLossError(KeyError):
 
 
 # The inputs a loss may read beyond `policy`, `scores`, `mask` and `lengths`, by the name
-# it declares in `reads`. Each is a field of SequenceLogps filled by one provider:
-# trainers/inputs.py for the policy trainers, the model head (rewards/heads.py) for judges.
-INPUTS = {
-    "reference": "the reference's log-probs [B, K]",
-    "tokens": "per-token log-probs of policy, reference and sampling policy (TokenLogps)",
-    "preferences": "online: the judge's P(y_i > y_j) [B, K, K] (P_ji = 1 - P_ij, diagonal 1/2)",
-    "kl_baseline": "KTO's KL(policy || reference) estimate: the mean log-ratio of each completion under "
-    "another list's prompt (a scalar, averaged over processes)",
-    "wpo_log_weights": "WPO's log weight of each completion [B, K], (1/|y|) sum_t [log p(y_t) - log sum_v p(v)^2]",
-    "margins": "the data's per-row reward margin [B] (0 when the data has none)",
-    "pair_logits": "a pairwise preference model's logit of P(y_i > y_j) [B, K, K]",
-    "latent": "a VPL encoder's posterior over the user's latent (LatentPosterior)",
-}
+# it declares in `reads`: the SequenceLogps fields that say what they hold. Each is filled
+# by one provider: trainers/inputs.py for the policy trainers, the model head
+# (rewards/heads.py) for judges.
+INPUTS = {spec.name: spec.metadata["input"] for spec in dataclasses.fields(SequenceLogps) if "input" in spec.metadata}
 
 
 class PreferenceLoss:
