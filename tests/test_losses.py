@@ -394,3 +394,37 @@ def test_build_loss_single_term_and_duplicates():
         build_loss([])
     with pytest.raises(UnknownLossError):
         build_loss([{"name": "nope"}])
+
+
+def test_trl_loss_type_names_are_registered_aliases():
+    """DESIGN.md's names: TRL's `sigmoid` is dpo and `robust` is rdpo, wherever a loss is named."""
+    assert type(get_loss("sigmoid", beta=0.3)) is loss_class("dpo") and get_loss("sigmoid", beta=0.3).beta == 0.3
+    assert type(get_loss("robust", epsilon=0.2)) is loss_class("rdpo")
+    assert {"sigmoid", "robust"}.isdisjoint(available_losses())  # each loss listed once
+    logps = random_batch(seed=4)
+    assert get_loss("sigmoid")(logps).loss.item() == get_loss("dpo")(logps).loss.item()
+    assert get_loss("robust")(logps).loss.item() == get_loss("rdpo")(logps).loss.item()
+
+
+def test_trl_loss_type_names_work_in_a_recipe(tmp_path):
+    from alignment.config import load_config
+    from tests.helpers import ROOT
+
+    recipe, out = ROOT / "recipes" / "tiny" / "dpo.yaml", f"--training.output_dir={tmp_path}"
+    assert load_config(recipe, [out, "--loss.name=sigmoid"]).loss_fn.name == "dpo"
+    config = load_config(recipe, [out, "--loss.name=robust", "--loss.epsilon=0.2"])
+    assert (config.loss_fn.name, config.loss_fn.epsilon, config.loss_fn.beta) == ("rdpo", 0.2, 0.1)
+
+
+def test_an_alias_cannot_take_a_registered_name():
+    from dataclasses import dataclass
+
+    from alignment.losses import register_loss
+
+    @dataclass
+    class Clash(loss_class("dpo")):
+        aliases = ("ipo",)
+
+    with pytest.raises(ValueError, match="loss name 'ipo' is already taken by 'ipo'"):
+        register_loss("clash")(Clash)
+    assert "clash" not in available_losses()

@@ -202,6 +202,7 @@ class PreferenceLoss:
 
     name: ClassVar[str] = ""
     trl: ClassVar[str] = ""  # what a TRL user knows this loss as ("" when TRL has none)
+    aliases: ClassVar[tuple[str, ...]] = ()  # other registry names: TRL's loss_type where it differs
     paper: ClassVar[str] = ""
     formula: ClassVar[str] = ""
     reads: ClassVar[frozenset[str]] = frozenset({"reference"})
@@ -273,6 +274,7 @@ def check_choice(owner: str, name: str, value: Any, allowed: Iterable[Any]) -> A
 
 
 _REGISTRY: dict[str, type[PreferenceLoss]] = {}
+_ALIASES: dict[str, str] = {}  # alias -> registered name (TRL's `sigmoid` -> `dpo`)
 
 
 def register_loss(name: str):
@@ -283,19 +285,26 @@ def register_loss(name: str):
             raise ValueError(f"loss {name!r} is already registered by {_REGISTRY[name].__qualname__}")
         if not dataclasses.is_dataclass(cls):
             raise TypeError(f"loss {name!r} must be a dataclass so its parameters can be validated")
+        for alias in (name, *cls.aliases):
+            owner = _ALIASES.get(alias) or (alias if alias in _REGISTRY and _REGISTRY[alias] is not cls else None)
+            if owner is not None and owner != name:
+                raise ValueError(f"loss name {alias!r} is already taken by {owner!r}")
         cls.name = name
         _REGISTRY[name] = cls
+        _ALIASES.update(dict.fromkeys(cls.aliases, name))
         return cls
 
     return wrap
 
 
 def available_losses() -> dict[str, type[PreferenceLoss]]:
-    """Registered loss name -> class, sorted by name."""
+    """Registered loss name -> class, sorted by name (aliases are not listed: each loss once)."""
     return dict(sorted(_REGISTRY.items()))
 
 
 def loss_class(name: str) -> type[PreferenceLoss]:
+    """The registered class of `name` or of one of its aliases."""
+    name = _ALIASES.get(name, name)
     if name not in _REGISTRY:
         raise UnknownLossError(f"unknown loss {name!r}; available losses: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]

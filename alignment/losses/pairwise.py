@@ -188,6 +188,7 @@ class DPOLoss(MarginLoss):
     with rate eps): (1 - eps) L(beta h) + eps L(-beta h)."""
 
     trl = "DPOTrainer loss_type='sigmoid' (label_smoothing > 0: cDPO)"
+    aliases = ("sigmoid",)
     paper = "Rafailov et al. 2023, Direct Preference Optimization: Your Language Model is Secretly a Reward Model"
     formula = "(1 - eps) L(beta h) + eps L(-beta h), L(x) = softplus(-x), eps = label_smoothing"
 
@@ -246,6 +247,7 @@ class RobustDPOLoss(MarginLoss):
     (1 - eps) rdpo(h) + eps rdpo(-h) = dpo(h). Requires 0 <= eps < 0.5."""
 
     trl = "DPOTrainer loss_type='robust' (TRL's label_smoothing is epsilon)"
+    aliases = ("robust",)
     paper = "Chowdhury et al. 2024, Provably Robust DPO: Aligning Language Models with Noisy Feedback"
     formula = "((1 - eps) L(beta h) - eps L(-beta h)) / (1 - 2 eps), eps = epsilon"
 
