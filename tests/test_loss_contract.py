@@ -31,6 +31,7 @@ from torch import Tensor
 
 from alignment.losses import LossParameterError, PreferenceLoss, SequenceLogps, available_losses, get_loss, loss_class
 from alignment.losses.base import INPUTS, LatentPosterior, TokenLogps
+from alignment.losses.grpo import GroupPolicyLoss
 
 F32, F64 = torch.float32, torch.float64
 MODEL_HEADS = {"policy", "reward", "preference", "vpl"}
@@ -49,7 +50,9 @@ EXTRA_ITEMS = 3  # junk items inserted in every list by the padding check
 #   gradient the formula defines (the stopped advantage times d log pi).
 # - "reference": the reference's log-probs are constants (GRPO's k3 KL estimate); the
 #   check holds the reference fixed and does not differentiate with respect to it.
-STOP_GRADIENT = {"nash_md": "log_ratio", "spo": "log_ratio", "rloo": "log_ratio", "grpo": "reference"}
+STOP_GRADIENT = {"nash_md": "log_ratio", "spo": "log_ratio", "rloo": "log_ratio"} | {
+    name: "reference" for name, cls in available_losses().items() if issubclass(cls, GroupPolicyLoss)
+}
 
 
 # Inputs the trainer may leave out although the loss reads them (rows without a `margin`
@@ -105,6 +108,14 @@ VARIANTS = [
     Case("sppo", {"select": "all"}),
     Case("rloo", {"beta": 0.0}),
     Case("grpo", {"beta": 0.0}),
+    Case("grpo", {"importance_sampling_level": "sequence", "use_bias_correction_kl": True}),
+    Case("grpo", {"scale_rewards": "batch", "epsilon_high": 0.28, "delta": 1.5}),
+    Case("dapo", {"mask_truncated_completions": True}),
+    Case("dr_grpo", {"beta": 0.04, "scale_rewards": "group"}),
+    Case("cispo", {"importance_sampling_level": "sequence"}),
+    Case("sapo", {"beta": 0.04}),
+    Case("luspo", {"importance_sampling_level": "token"}),
+    Case("vespo", {"mask_truncated_completions": True}),
     Case("nash_md", {"tau": 0.1}),
 ]
 
@@ -148,6 +159,9 @@ LAYOUT = {
     "latent_users": LIST,
     "latent_step": SCALAR,
     "kl_baseline": SCALAR,
+    "truncated": ITEM,
+    "completion_budget": SCALAR,
+    "across_processes": SCALAR,
 }
 # Which raw entries provide each input a loss may read (`INPUTS`).
 PROVIDES = {
@@ -159,6 +173,9 @@ PROVIDES = {
     "margins": ("margins",),
     "pair_logits": ("pair_logits",),
     "latent": ("latent_mean", "latent_log_var", "latent_z", "latent_users", "latent_step"),
+    "truncated": ("truncated",),
+    "completion_budget": ("completion_budget",),
+    "across_processes": ("across_processes",),
 }
 
 
@@ -242,6 +259,13 @@ def build(loss: PreferenceLoss, *, unpaired: bool = False, seed: int = 0, margin
         raw["kl_baseline"] = torch.tensor(0.3 if margin is None else abs(margin), dtype=F64)
     if "margins" in reads:
         raw["margins"] = uniform(B, low=0.0, high=1.0).float()
+    if "truncated" in reads:  # one sample of list 0 hit the token limit
+        raw["truncated"] = torch.zeros(B, k, dtype=torch.bool)
+        raw["truncated"][0, 1] = True
+    if "completion_budget" in reads:
+        raw["completion_budget"] = T + 2
+    if "across_processes" in reads:  # one process: the sum over processes is the tensor itself
+        raw["across_processes"] = lambda t: t
     if "latent" in reads:
         raw.update(
             latent_mean=torch.randn(B, LATENT_DIM, generator=g, dtype=F64),
@@ -278,6 +302,9 @@ def assemble(raw: dict) -> SequenceLogps:
         latent=latent,
         kl_baseline=raw.get("kl_baseline"),
         wpo_log_weights=raw.get("wpo_log_weights"),
+        truncated=raw.get("truncated"),
+        completion_budget=raw.get("completion_budget"),
+        across_processes=raw.get("across_processes"),
     )
 
 
@@ -387,8 +414,8 @@ def pad(loss: PreferenceLoss, raw: dict, seed: int = 1) -> tuple[dict, Padding]:
             padded[key] = value
             continue
         size = {ITEM: shape, PAIR: (*shape, shape[1]), TOKEN: (*shape, T + 1)}.get(kind, (B + 1, *value.shape[1:]))
-        if key == "mask":
-            filler = torch.zeros(size, dtype=torch.bool)
+        if key in ("mask", "truncated"):
+            filler = torch.zeros(size, dtype=torch.bool) if key == "mask" else torch.rand(*size, generator=g) > 0.5
         elif key == "tokens_mask":
             filler = torch.ones(size, dtype=torch.bool)
             filler[..., T] = False
@@ -416,11 +443,16 @@ def test_gradcheck(case):
     keys = differentiable(case, raw)
     policy, reference = ("tokens_policy", "tokens_reference") if "tokens_policy" in raw else ("policy", "reference")
     hold_log_ratio = STOP_GRADIENT.get(case.name) == "log_ratio" and reference in raw
+    # CISPO, VESPO: the importance weight pi / pi_old is a stop-gradient coefficient.
+    hold_weight = getattr(loss, "detached_weight", False)
 
     def f(*values: Tensor) -> Tensor:
         inputs = {**raw, **dict(zip(keys, values, strict=True))}
+        moved = (inputs[policy] - raw[policy]).detach()
         if hold_log_ratio:  # the reference moves with the policy: the log-ratio stays where it was
-            inputs[reference] = raw[reference] + (inputs[policy] - raw[policy]).detach()
+            inputs[reference] = raw[reference] + moved
+        if hold_weight:  # the sampling policy moves with the policy: the weight stays where it was
+            inputs["tokens_old"] = raw["tokens_old"] + moved
         return loss(assemble(inputs)).loss
 
     leaves = [raw[key].detach().clone().requires_grad_(True) for key in keys]
@@ -485,6 +517,8 @@ def invalid_values(annotation: Any) -> list[Any]:
         values = [math.nan, math.inf, True, "0.1"]
     elif annotation is str:
         values = [1, True]
+    elif get_origin(annotation) is tuple:  # a pair of numbers, e.g. a [min, max] range
+        values = ["0.1", [0.0], [math.nan, 1.0], [1.0, 0.0], [True, 2.0]]
     else:
         raise AssertionError(f"no invalid values known for a parameter of type {annotation}")
     return values if optional else [*values, None]

@@ -276,3 +276,26 @@ def test_missing_eos_penalty_shifts_the_preference():
     feedback = OnlineTrainer._judge(Stub(), ["3+4="] * 3, samples)
     assert feedback.preferences[:, 0, 1].tolist() == pytest.approx([1.0, 0.9, 0.2])
     assert feedback.preferences[:, 1, 0].tolist() == pytest.approx([0.0, 0.1, 0.8])
+
+
+def test_the_online_trainer_gives_the_grpo_family_its_inputs(tmp_path, monkeypatch):
+    """Truncation and the token budget reach the loss: each sample that hit
+    `online.max_new_tokens` is marked truncated (its share is the logged missing-EOS rate),
+    and the budget is the recipe's max_new_tokens (dr_grpo's constant)."""
+    from alignment.losses.grpo import GroupPolicyLoss
+
+    seen = []
+    original = GroupPolicyLoss.__call__
+
+    def spy(self, logps):
+        seen.append((logps.truncated.float().mean().item(), logps.completion_budget, logps.across_processes))
+        return original(self, logps)
+
+    monkeypatch.setattr(GroupPolicyLoss, "__call__", spy)
+    overrides = ["--loss.name=dr_grpo", "--loss.mask_truncated_completions=true", "--loss.scale_rewards=batch"]
+    overrides.append("--training.max_steps=2")
+    train_in_process("grpo", tmp_path, *overrides, "--training.logging_steps=1", "--training.eval_strategy=no")
+    logged = [entry for entry in log_history(tmp_path) if "online/missing_eos" in entry]
+    assert [budget for _, budget, _ in seen] == [3, 3]  # recipes/tiny/grpo.yaml: max_new_tokens 3
+    assert [share for share, _, _ in seen] == pytest.approx([e["online/missing_eos"] for e in logged], abs=1e-6)
+    assert all(reduce(torch.tensor(2.0)).item() == 2.0 for _, _, reduce in seen)  # one process: the sum is itself

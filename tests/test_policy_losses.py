@@ -516,3 +516,40 @@ def test_reports_the_shared_reward_metrics(name):
         assert key in out.metrics and key in out.counts
     assert any(key.startswith(f"{name}/") for key in out.metrics)
     assert set(out.counts) == set(out.metrics)
+
+
+@pytest.mark.parametrize("clip, normalize", [(None, True), ((-0.5, 0.5), False), ((-0.5, 0.5), True)])
+def test_rloo_options_equal_trls_advantages(clip, normalize):
+    """TRL 1.16's RLOOTrainer: rewards clipped to reward_clip_range, then shaped by the
+    sequence KL, the leave-one-out baseline, and with normalize_advantages the advantages
+    standardized over the batch (TRL's nanstd, + 1e-4)."""
+    from trl.trainer.utils import nanstd
+
+    g = torch.Generator().manual_seed(7)
+    b, k, beta = 3, 4, 0.05
+    rewards = 2 * torch.randn(b, k, generator=g, dtype=torch.float64)
+    policy = -5 * torch.rand(b, k, generator=g, dtype=torch.float64)
+    reference = policy + 0.5 * torch.randn(b, k, generator=g, dtype=torch.float64)
+    logps = SequenceLogps(
+        policy=policy,
+        reference=reference,
+        scores=rewards,
+        mask=torch.ones(b, k, dtype=torch.bool),
+        lengths=torch.full((b, k), 3),
+        across_processes=lambda t: t,
+    )
+    loss = get_loss("rloo", beta=beta, reward_clip_range=clip, normalize_advantages=normalize)
+
+    expected = rewards.reshape(-1)
+    if clip:
+        expected = expected.clamp(min=clip[0], max=clip[1])
+    expected = expected - beta * (policy - reference).reshape(-1)  # old = current policy: one update per batch
+    grouped = expected.view(-1, k)
+    baselines = ((grouped.sum(1, keepdim=True) - grouped) / (k - 1)).view(-1)
+    advantages = expected - baselines
+    if normalize:
+        advantages = (advantages - advantages.mean()) / (nanstd(advantages) + 1e-4)
+    # TRL's nanstd computes its Bessel factor n / (n - 1) from integer counts, in float32: 1e-8 relative.
+    tolerance = 1e-7 if normalize else 1e-12
+    torch.testing.assert_close(loss.advantages(logps).reshape(-1), advantages, rtol=tolerance, atol=1e-12)
+    assert ("across_processes" in loss.reads) == normalize

@@ -7,6 +7,7 @@ from alignment.losses import (  # noqa: F401  (registration)
     anchored,
     copg,
     distributional,
+    grpo,
     kto,
     listwise,
     margin_variants,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -106,6 +106,13 @@ class SequenceLogps:
         ITEMS,
         default=None,
         input="WPO's log weight of each completion [B, K], (1/|y|) sum_t [log p(y_t) - log sum_v p(v)^2]",
+    )
+    truncated: Tensor | None = _field(
+        ITEMS, 0.0, default=None, input="online: [B, K] true where a sample hit max_new_tokens without ending"
+    )
+    completion_budget: int | None = _field(default=None, input="online: the maximum number of new tokens per sample")
+    across_processes: Callable[[Tensor], Tensor] | None = _field(
+        default=None, input="the sum over all processes of a tensor (itself on one process), for batch-wide sums"
     )
 
     @property

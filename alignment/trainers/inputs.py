@@ -80,11 +80,22 @@ def _given(name: str) -> Callable[[Sources], Any]:
     return provide
 
 
+def _across_processes(s: Sources) -> Callable[[Tensor], Tensor]:
+    """The sum over processes (a collective: every process's loss calls it alike)."""
+    accelerator = s.trainer.accelerator
+    if accelerator.num_processes == 1:
+        return lambda t: t
+    return lambda t: accelerator.reduce(t.detach(), "sum")
+
+
 PROVIDERS: dict[str, Callable[[Sources], Any]] = {
     "tokens": _tokens,
     "wpo_log_weights": _wpo_log_weights,
     "kl_baseline": _kl_baseline,
     "preferences": _given("preferences"),
+    "truncated": _given("truncated"),
+    "completion_budget": _given("completion_budget"),
+    "across_processes": _across_processes,
     "margins": lambda s: s.inputs.get("margins"),
 }
 

@@ -198,7 +198,14 @@ class OnlineTrainer(PreferenceTrainer):
         self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None
     ) -> Tensor | tuple[Tensor, LossOutput]:
         batch, samples, feedback, old = self._step_samples(model, inputs)
-        logps = self.batch_logps(model, batch, preferences=feedback.preferences, old_policy=old)
+        logps = self.batch_logps(
+            model,
+            batch,
+            old_policy=old,
+            preferences=feedback.preferences,
+            truncated=~samples.finished.to(batch["mask"].device),
+            completion_budget=self.online.max_new_tokens,
+        )
         output = self.loss_fn(logps)
         output.loss = guard_nonfinite(self, model, output.loss, logps)
         output.metrics.update(self._sample_metrics(None if logps.reference is None else logps.logratios(), samples))
