@@ -33,6 +33,19 @@ STRATEGIES = ("baseline", "packed", "shared_prompt")
 FORWARD_CHOICES = ("auto", *STRATEGIES)
 
 
+@dataclass
+class PolicyForward:
+    """One forward of a model on a collated preference batch: `logps`, the summed
+    completion log-probs [B, K] (0 for padded items) or with `per_token` each completion
+    token's log-prob [B, K, C] (0 past a completion's end); and with `wpo`, `wpo_sums`,
+    the [B, K] sums over each completion of log p(y_t) - log sum_v p(v)^2 (no gradient):
+    WPO's weights, from the same logits."""
+
+    logps: Tensor
+    wpo_sums: Tensor | None = None
+    entropies: Tensor | None = None  # with `entropy`: each completion token's predictive entropy [B, K, C]
+
+
 # ----------------------------------------------------------------------------- baseline
 
 
@@ -66,6 +79,13 @@ def token_logps(logits: Tensor, input_ids: Tensor) -> Tensor:
     return logits.gather(-1, targets).squeeze(-1) - logits.logsumexp(-1)
 
 
+def token_entropy(logits: Tensor) -> Tensor:
+    """-sum_v p_v log p_v of softmax(logits) over the last axis, in float32, with its gradient."""
+    logits = logits.float()
+    log_z = logits.logsumexp(-1)
+    return log_z - (torch.softmax(logits, -1) * logits).sum(-1)
+
+
 def log_sum_squared_probs(logits: Tensor) -> Tensor:
     """log sum_v p_v^2 of softmax(logits) over the last axis, without gradient (WPO)."""
     with torch.no_grad():
@@ -90,21 +110,25 @@ def _per_item(per_row: Tensor, batch: Mapping[str, Tensor], in_completion: Tenso
 def baseline_logps(
     model: nn.Module,
     batch: Mapping[str, Tensor],
-    chunk_size: int | None = None,
     per_token: bool = False,
     wpo: bool = False,
-) -> Tensor | tuple[Tensor, Tensor]:
+    entropy: bool = False,
+) -> PolicyForward:
     """Each real (prompt, completion) as its own row, one forward: [B, K] summed
     completion log-probs (0 for padded items), or [B, K, C] per token with `per_token`;
-    with `wpo` also the [B, K] sums of log p(y_t) - log sum_v p_v^2 (no gradient)."""
+    with `wpo` also the [B, K] sums of log p(y_t) - log sum_v p_v^2 (no gradient), with
+    `entropy` each completion token's predictive entropy [B, K, C] (with gradient)."""
     input_ids, attention_mask, in_completion, index = concatenated_rows(batch)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    per_row = token_logps(logits, input_ids) * in_completion[:, 1:]
-    logps = _per_item(per_row, batch, in_completion, index, per_token)
-    if not wpo:
-        return logps
-    aligned = (per_row.detach() - log_sum_squared_probs(logits[:, :-1])) * in_completion[:, 1:]
-    return logps, _per_item(aligned, batch, in_completion, index, per_token=False)
+    scored = in_completion[:, 1:]
+    per_row = token_logps(logits, input_ids) * scored
+    out = PolicyForward(_per_item(per_row, batch, in_completion, index, per_token))
+    if wpo:
+        aligned = (per_row.detach() - log_sum_squared_probs(logits[:, :-1])) * scored
+        out.wpo_sums = _per_item(aligned, batch, in_completion, index, per_token=False)
+    if entropy:
+        out.entropies = _per_item(token_entropy(logits[:, :-1]) * scored, batch, in_completion, index, per_token=True)
+    return out
 
 
 # ----------------------------------------------------------------------------- chunked LM head
@@ -115,16 +139,28 @@ def _chunk_logps(hidden: Tensor, targets: Tensor, head: nn.Module) -> Tensor:
     return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
 
 
-def chunked_token_logps(hidden: Tensor, targets: Tensor, head: nn.Module, chunk_size: int | None) -> Tensor:
+def _chunk_logps_entropy(hidden: Tensor, targets: Tensor, head: nn.Module) -> tuple[Tensor, Tensor]:
+    logits = head(hidden).float()
+    log_z = logits.logsumexp(-1)
+    return logits.gather(-1, targets[:, None]).squeeze(-1) - log_z, log_z - (torch.softmax(logits, -1) * logits).sum(-1)
+
+
+def chunked_token_logps(
+    hidden: Tensor, targets: Tensor, head: nn.Module, chunk_size: int | None, entropy: bool = False
+) -> Tensor | tuple[Tensor, Tensor]:
     """log softmax(head(hidden))[targets] for [T, H] hidden states, `chunk_size` rows at
-    a time. Each chunk's logits live only inside its (checkpointed) call: backward
-    recomputes them, so peak memory is one chunk's [chunk, vocab] float32 logits."""
+    a time (with `entropy`, also each row's predictive entropy, from the same logits).
+    Each chunk's logits live only inside its (checkpointed) call: backward recomputes
+    them, so peak memory is one chunk's [chunk, vocab] float32 logits."""
+    function = _chunk_logps_entropy if entropy else _chunk_logps
     if not chunk_size or hidden.size(0) <= chunk_size:
-        return _chunk_logps(hidden, targets, head)
+        return function(hidden, targets, head)
     parts = [
-        checkpoint(_chunk_logps, hidden[s : s + chunk_size], targets[s : s + chunk_size], head, use_reentrant=False)
+        checkpoint(function, hidden[s : s + chunk_size], targets[s : s + chunk_size], head, use_reentrant=False)
         for s in range(0, hidden.size(0), chunk_size)
     ]
+    if entropy:
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     return torch.cat(parts)
 
 
@@ -174,9 +210,10 @@ def _completion_logps(
     chunk_size: int | None,
     per_token_width: int | None = None,
     wpo: bool = False,
-) -> Tensor | tuple[Tensor, Tensor]:
+    entropy: bool = False,
+) -> PolicyForward:
     head = _output_head(model)
-    squared = None
+    squared, entropies = None, None
     kwargs = {"input_ids": layout.input_ids, "position_ids": layout.position_ids, "use_cache": False}
     if layout.attention_mask is not None:
         kwargs["attention_mask"] = layout.attention_mask
@@ -184,7 +221,9 @@ def _completion_logps(
         # logits_to_keep=1: the model's own head runs on one position; ours on the completion tokens.
         out = model(**kwargs, output_hidden_states=True, logits_to_keep=1)
         hidden = out.hidden_states[-1][layout.rows, layout.positions]
-        logps = chunked_token_logps(hidden, layout.targets, head, chunk_size)
+        logps = chunked_token_logps(hidden, layout.targets, head, chunk_size, entropy)
+        if entropy:
+            logps, entropies = logps
         if wpo:  # one more pass of the head, chunk by chunk, without gradient
             step = chunk_size or hidden.size(0)
             with torch.no_grad():
@@ -196,16 +235,23 @@ def _completion_logps(
         logps = logits.gather(-1, layout.targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
         if wpo:
             squared = log_sum_squared_probs(logits)
+        if entropy:
+            entropies = token_entropy(logits)
+    owners = (layout.owner_b, layout.owner_k)
     if per_token_width is not None:
         out = torch.zeros((*shape, per_token_width), dtype=logps.dtype, device=logps.device)
-        out = out.index_put((layout.owner_b, layout.owner_k, layout.owner_t), logps)
+        out = out.index_put((*owners, layout.owner_t), logps)
     else:
-        out = torch.zeros(shape, dtype=logps.dtype, device=logps.device)
-        out = out.index_put((layout.owner_b, layout.owner_k), logps, accumulate=True)
-    if squared is None:
-        return out
-    aligned = torch.zeros(shape, dtype=logps.dtype, device=logps.device)
-    return out, aligned.index_put((layout.owner_b, layout.owner_k), logps.detach() - squared, accumulate=True)
+        out = torch.zeros(shape, dtype=logps.dtype, device=logps.device).index_put(owners, logps, accumulate=True)
+    result = PolicyForward(out)
+    if squared is not None:
+        aligned = torch.zeros(shape, dtype=logps.dtype, device=logps.device)
+        result.wpo_sums = aligned.index_put(owners, logps.detach() - squared, accumulate=True)
+    if entropies is not None:
+        # per_token_width is set whenever entropies are asked for (policy_forward)
+        per_token = torch.zeros((*shape, per_token_width), dtype=entropies.dtype, device=entropies.device)
+        result.entropies = per_token.index_put((*owners, layout.owner_t), entropies)
+    return result
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -339,18 +385,6 @@ def resolve_strategy(model: nn.Module, strategy: str) -> str:
     return "packed" if flash else "shared_prompt"
 
 
-@dataclass
-class PolicyForward:
-    """One forward of a model on a collated preference batch: `logps`, the summed
-    completion log-probs [B, K] (0 for padded items) or with `per_token` each completion
-    token's log-prob [B, K, C] (0 past a completion's end); and with `wpo`, `wpo_sums`,
-    the [B, K] sums over each completion of log p(y_t) - log sum_v p(v)^2 (no gradient):
-    WPO's weights, from the same logits."""
-
-    logps: Tensor
-    wpo_sums: Tensor | None = None
-
-
 def policy_forward(
     model: nn.Module,
     batch: Mapping[str, Tensor],
@@ -358,16 +392,18 @@ def policy_forward(
     chunk_size: int | None = 1024,
     per_token: bool = False,
     wpo: bool = False,
+    entropy: bool = False,
 ) -> PolicyForward:
     """The forward by `strategy`; `chunk_size`: LM-head chunk in tokens (None: one chunk)."""
     strategy = resolve_strategy(model, strategy)
     if strategy == "baseline":
-        out = baseline_logps(model, batch, per_token=per_token, wpo=wpo)
-    else:
-        layout = packed_layout(batch) if strategy == "packed" else shared_prompt_layout(batch, _model_dtype(model))
-        width = batch["completion_input_ids"].size(2) if per_token else None
-        out = _completion_logps(model, layout, batch["mask"].shape, chunk_size, width, wpo)
-    return PolicyForward(*out) if wpo else PolicyForward(out)
+        return baseline_logps(model, batch, per_token=per_token, wpo=wpo, entropy=entropy)
+    layout = packed_layout(batch) if strategy == "packed" else shared_prompt_layout(batch, _model_dtype(model))
+    width = batch["completion_input_ids"].size(2) if per_token or entropy else None
+    forward = _completion_logps(model, layout, batch["mask"].shape, chunk_size, width, wpo, entropy)
+    if entropy and not per_token:
+        forward.logps = forward.logps.sum(-1)
+    return forward
 
 
 def sequence_logps(

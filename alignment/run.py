@@ -40,7 +40,7 @@ from alignment.trainers.output_dir import (
     removed_on_early_failure,
     weights_bytes,
 )
-from alignment.trainers.preference import PreferenceTrainer
+from alignment.trainers.preference import LossStepEnd, PreferenceTrainer
 from alignment.trainers.reward import RewardModelTrainer
 
 logger = logging.getLogger("alignment")
@@ -211,6 +211,7 @@ def _train_loop(config: Config, training_args, trainer, resume: str | None):
     preemption = PreemptionCallback(trainer.accelerator)
     trainer.add_callback(preemption)
     try:
+        LossStepEnd(trainer).resume(resume)  # a stateful loss continues where its checkpoint left it
         trainer.prepare_reference()  # the precompute pass, for reference: precompute
         trainer.start_generation_eval(resume)
         if probe_enabled(training_args.memory_probe, trainer):

@@ -162,3 +162,35 @@ def test_softcapped_models_fall_back_to_the_models_own_logits(batches):
     model.config.final_logit_softcapping = 30.0  # Llama ignores it; our code must not use the bare head
     for strategy in OTHERS:
         assert_float32_close(sequence_logps(model, batches["pairs"], strategy), base, ulps=2)
+
+
+@pytest.mark.parametrize("kind", ["pairs", "lists"])
+@pytest.mark.parametrize("strategy", OTHERS)
+def test_token_entropies_match_the_baseline_and_by_hand_with_their_gradient(batches, kind, strategy):
+    """Each completion token's predictive entropy -sum_v p_v log p_v: the same under every
+    strategy (chunked LM head included), equal to a softmax of the full logits written
+    here, 0 past a completion's end, and with the same gradient."""
+    from alignment.logprobs import concatenated_rows
+
+    batch = batches[kind]
+    model = model_with("sdpa")
+    base = policy_forward(model, batch, "baseline", per_token=True, entropy=True)
+    ours = policy_forward(model, batch, strategy, chunk_size=5, per_token=True, entropy=True)
+    assert_float32_close(ours.logps, base.logps, ulps=2)
+    torch.testing.assert_close(ours.entropies, base.entropies, rtol=0, atol=4e-6)
+    assert (base.entropies[batch["completion_attention_mask"] == 0] == 0).all()
+    (g_base,) = torch.autograd.grad(base.entropies.sum(), [p for p in model.parameters()][-1])
+    (g_ours,) = torch.autograd.grad(ours.entropies.sum(), [p for p in model.parameters()][-1])
+    torch.testing.assert_close(g_ours, g_base, rtol=1e-4, atol=1e-5)
+
+    input_ids, attention_mask, in_completion, index = concatenated_rows(batch)
+    with torch.no_grad():
+        log_p = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float().log_softmax(-1)
+    by_hand = -(log_p.exp() * log_p).sum(-1)  # [rows, positions]
+    for row, (b, k) in enumerate(index.tolist()):
+        positions = in_completion[row, 1:].nonzero().flatten()
+        n = int(batch["completion_attention_mask"][b, k].sum())
+        torch.testing.assert_close(base.entropies[b, k, :n], by_hand[row, positions], rtol=0, atol=2e-6)
+    # Sequence log-probs with entropies: the sums of the per-token ones.
+    summed = policy_forward(model, batch, strategy, chunk_size=5, entropy=True)
+    assert_float32_close(summed.logps, ours.logps.sum(-1), ulps=4)

@@ -41,40 +41,13 @@ class OneProcess:
         return tensor
 
 
-def trl_loss(loss, log_pi, old, ref, advantages, mask):
-    """TRL's `_compute_loss` with `loss`'s settings, on [N, T] tensors (N = B * K samples)."""
-    config = {
-        "loss_type": loss.name,
-        "beta": loss.beta,
-        "delta": loss.delta,
-        "use_bias_correction_kl": loss.use_bias_correction_kl,
-        **{key: getattr(loss, key) for key in vars(loss) if key.startswith(("sapo_", "vespo_"))},
-    }
-    args = SimpleNamespace(**config, entropy_target=0.2, steps_per_generation=1)
-    trainer = SimpleNamespace(
-        args=args,
-        loss_type=loss.name,
-        beta=loss.beta,
-        epsilon_low=loss.epsilon,
-        epsilon_high=loss.upper,
-        importance_sampling_level=loss.importance_sampling_level,
-        top_entropy_quantile=1.0,
-        entropy_coef=0.0,
-        use_adaptive_entropy=False,
-        _entropy_bonus_enabled=False,
-        off_policy_mask_threshold=None,
-        use_vllm=False,
-        vllm_importance_sampling_correction=False,
-        aux_loss_enabled=False,
-        max_completion_length=BUDGET,
-        current_gradient_accumulation_steps=1,
-        accelerator=OneProcess(),
-        model=SimpleNamespace(training=True),
-        _metrics=defaultdict(lambda: defaultdict(list)),
-    )
-    trainer._get_per_token_logps_and_entropies = lambda *a, **k: (log_pi, torch.zeros_like(log_pi), None)
-    trainer.get_high_entropy_mask = types.MethodType(GRPOTrainer.get_high_entropy_mask, trainer)
-    trainer.get_gamma_weights = GRPOTrainer.get_gamma_weights
+def trl_loss(loss, log_pi, old, ref, advantages, mask, entropies=None, trainer=None):
+    """TRL's `_compute_loss` with `loss`'s settings, on [N, T] tensors (N = B * K samples).
+    `trainer`: the stand-in of an earlier call, whose adaptive entropy state carries on."""
+    if trainer is None:
+        trainer = trl_trainer(loss)
+    entropies = torch.zeros_like(log_pi) if entropies is None else entropies
+    trainer._get_per_token_logps_and_entropies = lambda *a, **k: (log_pi, entropies, None)
     n = log_pi.size(0)
     inputs = {
         "prompt_ids": torch.zeros(n, 1, dtype=torch.long),
@@ -87,6 +60,45 @@ def trl_loss(loss, log_pi, old, ref, advantages, mask):
         "num_items_in_batch": mask.sum(),
     }
     return GRPOTrainer._compute_loss(trainer, None, inputs)
+
+
+def trl_trainer(loss):
+    """A stand-in for TRL's GRPOTrainer with `loss`'s settings: what `_compute_loss` reads."""
+    config = {
+        "loss_type": loss.name,
+        "beta": loss.beta,
+        "delta": loss.delta,
+        "use_bias_correction_kl": loss.use_bias_correction_kl,
+        **{key: getattr(loss, key) for key in vars(loss) if key.startswith(("sapo_", "vespo_"))},
+    }
+    entropy = {key: getattr(loss, key) for key in ("entropy_target", "entropy_coef_delta", "entropy_coef_min")}
+    args = SimpleNamespace(**config, **entropy, entropy_coef_max=loss.entropy_coef_max, steps_per_generation=1)
+    trainer = SimpleNamespace(
+        args=args,
+        loss_type=loss.name,
+        beta=loss.beta,
+        epsilon_low=loss.epsilon,
+        epsilon_high=loss.upper,
+        importance_sampling_level=loss.importance_sampling_level,
+        top_entropy_quantile=loss.top_entropy_quantile,
+        entropy_coef=loss.entropy_coef,
+        use_adaptive_entropy=loss.use_adaptive_entropy,
+        _entropy_bonus_enabled=loss.entropy_coef != 0.0 or loss.use_adaptive_entropy,
+        _last_world_entropy=float("inf"),
+        _entropy_window_stats=None,
+        off_policy_mask_threshold=None,
+        use_vllm=False,
+        vllm_importance_sampling_correction=False,
+        aux_loss_enabled=False,
+        max_completion_length=BUDGET,
+        current_gradient_accumulation_steps=1,
+        accelerator=OneProcess(),
+        model=SimpleNamespace(training=True),
+        _metrics=defaultdict(lambda: defaultdict(list)),
+    )
+    trainer.get_high_entropy_mask = types.MethodType(GRPOTrainer.get_high_entropy_mask, trainer)
+    trainer.get_gamma_weights = GRPOTrainer.get_gamma_weights
+    return trainer
 
 
 def batch(seed: int = 0, truncated: bool = False):
@@ -106,7 +118,7 @@ def batch(seed: int = 0, truncated: bool = False):
     return log_pi, old, ref, tmask, rewards, ended
 
 
-def ours(loss, log_pi, old, ref, tmask, rewards, truncated):
+def ours(loss, log_pi, old, ref, tmask, rewards, truncated, entropies=None):
     policy = log_pi.clone().requires_grad_(True)
     logps = SequenceLogps(
         policy=(policy * tmask).sum(-1),
@@ -118,6 +130,8 @@ def ours(loss, log_pi, old, ref, tmask, rewards, truncated):
         truncated=truncated,
         completion_budget=BUDGET,
         across_processes=lambda t: t,
+        entropies=entropies,
+        gathered=lambda t: t,
     )
     return policy, logps
 
@@ -237,3 +251,82 @@ def test_the_batch_std_and_token_count_span_every_process():
         losses.append(dapo(logps).loss)
     # DDP averages the two processes' gradients (and so their losses): the whole batch's token mean.
     assert ((losses[0] + losses[1]) / 2).item() == pytest.approx(whole.item(), rel=1e-12)
+
+
+def entropies_of(seed: int = 1) -> torch.Tensor:
+    return 4 * torch.rand(B, K, T, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+ENTROPY_VARIANTS = [
+    {"top_entropy_quantile": 0.2},
+    {"top_entropy_quantile": 0.6, "importance_sampling_level": "sequence"},
+    {"entropy_coef": 0.01},
+    {"entropy_coef": 0.05, "top_entropy_quantile": 0.5, "mask_truncated_completions": True},
+]
+
+
+@pytest.mark.parametrize("variant", ENTROPY_VARIANTS, ids=lambda v: ",".join(f"{k}={v}" for k, v in v.items()))
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_entropy_options_equal_trls(loss_type, variant):
+    """top_entropy_quantile (the policy term of the high-entropy tokens only) and the entropy
+    bonus: value and gradient, in the log-probs and in the entropies, as TRL's."""
+    loss = get_loss(loss_type, **variant)
+    log_pi, old, ref, tmask, rewards, ended = batch(truncated=True)
+    entropy = entropies_of().requires_grad_(True)
+    policy, logps = ours(loss, log_pi, old, ref, tmask, rewards, ended, entropies=entropy)
+    out = loss(logps)
+    grads = torch.autograd.grad(out.loss, (policy, entropy), allow_unused=True)
+
+    trl_mask = tmask.reshape(-1, T).to(torch.float64)
+    if loss.mask_truncated_completions:
+        trl_mask = trl_mask * ~ended.reshape(-1, 1)
+    trl_policy = log_pi.reshape(-1, T).clone().requires_grad_(True)
+    trl_entropy = entropy.detach().reshape(-1, T).clone().requires_grad_(True)
+    advantages = loss.advantages(logps).reshape(-1)
+    expected = trl_loss(loss, trl_policy, old.reshape(-1, T), ref.reshape(-1, T), advantages, trl_mask, trl_entropy)
+    trl_grads = torch.autograd.grad(expected, (trl_policy, trl_entropy), allow_unused=True)
+
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-10, abs=1e-12)
+    for ours_grad, trl_grad in zip(grads, trl_grads, strict=True):
+        ours_grad = torch.zeros(B, K, T, dtype=torch.float64) if ours_grad is None else ours_grad
+        trl_grad = torch.zeros(B * K, T, dtype=torch.float64) if trl_grad is None else trl_grad
+        torch.testing.assert_close(ours_grad.reshape(-1, T) * trl_mask, trl_grad * trl_mask, rtol=1e-10, atol=1e-12)
+
+
+def test_adaptive_entropy_follows_trls_controller_step_by_step():
+    """Skywork-OR1's controller over four optimizer steps: the bonus is off at step 1 (no
+    entropy seen yet), the coefficient moves by entropy_coef_delta each step towards the
+    target, and applies only while the last step's entropy is at or below it; the state
+    survives a checkpoint (state_dict / load_state_dict)."""
+    options = {"use_adaptive_entropy": True, "entropy_coef": 0.01, "entropy_coef_delta": 0.02, "entropy_target": 1.0}
+    loss = get_loss("dapo", **options)
+    trainer = trl_trainer(loss)
+    log_pi, old, ref, tmask, rewards, ended = batch()
+    trl_mask = tmask.reshape(-1, T).to(torch.float64)
+    coefficients = []
+    for step in range(4):
+        entropy = entropies_of(seed=step) * (0.3 if step % 2 else 1.0)  # above, then below the target
+        policy, logps = ours(loss, log_pi, old, ref, tmask, rewards, ended, entropies=entropy)
+        value = loss(logps).loss.item()
+        advantages = loss.advantages(logps).reshape(-1)
+        expected = trl_loss(
+            loss,
+            log_pi.reshape(-1, T),
+            old.reshape(-1, T),
+            ref.reshape(-1, T),
+            advantages,
+            trl_mask,
+            entropy.reshape(-1, T),
+            trainer,
+        )
+        assert value == pytest.approx(expected.item(), rel=1e-10, abs=1e-12), step
+        loss.end_step(lambda t: t)
+        assert loss.state_dict() == {
+            "entropy_coef": pytest.approx(trainer.entropy_coef, rel=1e-12),
+            "last_world_entropy": pytest.approx(trainer._last_world_entropy, rel=1e-12),
+        }
+        coefficients.append(trainer.entropy_coef)
+    assert coefficients == pytest.approx([0.0, 0.02, 0.0, 0.02])  # down (floored at 0), up, down, up
+    resumed = get_loss("dapo", **options)
+    resumed.load_state_dict(loss.state_dict())
+    assert resumed.state_dict() == loss.state_dict()

@@ -116,6 +116,11 @@ VARIANTS = [
     Case("sapo", {"beta": 0.04}),
     Case("luspo", {"importance_sampling_level": "token"}),
     Case("vespo", {"mask_truncated_completions": True}),
+    # The high-entropy mask is a step function of the entropies (no gradient, as TRL's): checked
+    # apart from the entropy bonus, whose gradient in the entropies a mask flip would blur.
+    Case("grpo", {"top_entropy_quantile": 0.5}),
+    Case("grpo", {"entropy_coef": 0.01}),
+    Case("dapo", {"use_adaptive_entropy": True, "top_entropy_quantile": 0.2}),
     Case("nash_md", {"tau": 0.1}),
 ]
 
@@ -162,6 +167,8 @@ LAYOUT = {
     "truncated": ITEM,
     "completion_budget": SCALAR,
     "across_processes": SCALAR,
+    "entropies": TOKEN,
+    "gathered": SCALAR,
 }
 # Which raw entries provide each input a loss may read (`INPUTS`).
 PROVIDES = {
@@ -176,6 +183,8 @@ PROVIDES = {
     "truncated": ("truncated",),
     "completion_budget": ("completion_budget",),
     "across_processes": ("across_processes",),
+    "entropies": ("entropies",),
+    "gathered": ("gathered",),
 }
 
 
@@ -266,6 +275,11 @@ def build(loss: PreferenceLoss, *, unpaired: bool = False, seed: int = 0, margin
         raw["completion_budget"] = T + 2
     if "across_processes" in reads:  # one process: the sum over processes is the tensor itself
         raw["across_processes"] = lambda t: t
+    if "entropies" in reads:  # each token's predictive entropy, up to log(vocab)
+        tmask = torch.arange(T) < lengths[..., None]
+        raw["entropies"] = torch.where(tmask, uniform(B, k, T, low=0.1, high=4.0), 0.0)
+    if "gathered" in reads:  # one process: every process's values are its own
+        raw["gathered"] = lambda t: t
     if "latent" in reads:
         raw.update(
             latent_mean=torch.randn(B, LATENT_DIM, generator=g, dtype=F64),
@@ -305,6 +319,8 @@ def assemble(raw: dict) -> SequenceLogps:
         truncated=raw.get("truncated"),
         completion_budget=raw.get("completion_budget"),
         across_processes=raw.get("across_processes"),
+        entropies=raw.get("entropies"),
+        gathered=raw.get("gathered"),
     )
 
 
@@ -325,7 +341,12 @@ def differentiable(case: Case, raw: dict) -> list[str]:
     reference = "tokens_reference" if tokens else "reference"
     if reference in raw and STOP_GRADIENT.get(case.name) is None:
         keys.append(reference)
-    return keys + [key for key in ("pair_logits", "latent_mean", "latent_log_var") if key in raw]
+    keys += [key for key in ("pair_logits", "latent_mean", "latent_log_var") if key in raw]
+    # The entropies' gradient is the entropy bonus's; the high-entropy mask is a step function
+    # of them (an entropy at the quantile flips under any perturbation), not differentiated.
+    if "entropies" in raw and getattr(case.loss(), "entropy_bonus", False):
+        keys.append("entropies")
+    return keys
 
 
 def run(loss: PreferenceLoss, raw: dict, keys: list[str]):

@@ -299,3 +299,27 @@ def test_the_online_trainer_gives_the_grpo_family_its_inputs(tmp_path, monkeypat
     assert [budget for _, budget, _ in seen] == [3, 3]  # recipes/tiny/grpo.yaml: max_new_tokens 3
     assert [share for share, _, _ in seen] == pytest.approx([e["online/missing_eos"] for e in logged], abs=1e-6)
     assert all(reduce(torch.tensor(2.0)).item() == 2.0 for _, _, reduce in seen)  # one process: the sum is itself
+
+
+def test_the_adaptive_entropy_coefficient_is_saved_and_resumed(tmp_path):
+    """The trainer ends each optimizer step in the loss (its adaptive coefficient moves by
+    entropy_coef_delta: the tiny model's entropy, below log 100 nats, is under a target of
+    10) and checkpoints the coefficient; a resumed run continues from it."""
+    adaptive = [
+        "--loss.name=dapo",
+        "--loss.use_adaptive_entropy=true",
+        "--loss.entropy_target=10",
+        "--loss.entropy_coef_delta=0.01",
+        "--loss.top_entropy_quantile=0.5",
+    ]
+    saving = ["--training.save_strategy=steps", "--training.save_steps=1", "--training.eval_strategy=no"]
+    train_in_process("grpo", tmp_path, *adaptive, *saving, "--training.max_steps=3")
+
+    def state(step: int) -> dict:
+        return json.loads((tmp_path / f"checkpoint-{step}" / "loss_state.json").read_text())
+
+    assert [state(step)["entropy_coef"] for step in (1, 2, 3)] == pytest.approx([0.01, 0.02, 0.03])
+    assert all(0 < state(step)["last_world_entropy"] < 10 for step in (1, 2, 3))
+    resume = f"--training.resume_from_checkpoint={tmp_path / 'checkpoint-2'}"
+    train_in_process("grpo", tmp_path, *adaptive, *saving, "--training.max_steps=4", resume)
+    assert state(4)["entropy_coef"] == pytest.approx(0.04)  # 0.02 from the checkpoint, then two steps

@@ -51,8 +51,9 @@ class LatentPosterior:
 
 # What `SequenceLogps.masked` puts in a padded list item, by the shape of the field:
 # "items" [B, K] (fill value), "pairs" [B, K, K] (fill where either item is padding),
-# "tokens" (a TokenLogps: zero past the real tokens), or nothing (left as it is).
-ITEMS, PAIRS, TOKENS = "items", "pairs", "tokens"
+# "tokens" (a TokenLogps: zero past the real tokens), "item_tokens" ([B, K, T]: fill in a
+# padded item's tokens), or nothing (left as it is).
+ITEMS, PAIRS, TOKENS, ITEM_TOKENS = "items", "pairs", "tokens", "item_tokens"
 
 
 def _field(shape: str | None = None, fill: float = 0.0, input: str | None = None, **kw: Any) -> Any:
@@ -114,6 +115,12 @@ class SequenceLogps:
     across_processes: Callable[[Tensor], Tensor] | None = _field(
         default=None, input="the sum over all processes of a tensor (itself on one process), for batch-wide sums"
     )
+    entropies: Tensor | None = _field(
+        ITEM_TOKENS, default=None, input="each completion token's predictive entropy [B, K, T] (with gradient)"
+    )
+    gathered: Callable[[Tensor], Tensor] | None = _field(
+        default=None, input="a 1-D tensor's values from all processes, concatenated (itself on one process)"
+    )
 
     @property
     def model_scores(self) -> Tensor:
@@ -145,6 +152,8 @@ class SequenceLogps:
             shape, fill = spec.metadata["padded"]
             if shape == TOKENS:
                 cleaned[spec.name] = value.masked(mask)
+            elif shape == ITEM_TOKENS:
+                cleaned[spec.name] = torch.where(mask[:, :, None], value, torch.full_like(value, fill))
             else:
                 real = mask if shape == ITEMS else pairs
                 cleaned[spec.name] = torch.where(real, value, torch.full_like(value, fill))
@@ -225,6 +234,18 @@ class PreferenceLoss:
     def needs_reference(self) -> bool:
         """Whether the loss reads the reference (derived from `reads`)."""
         return "reference" in self.reads
+
+    # A loss with state across optimizer steps (an adaptive coefficient) keeps it here: the
+    # trainer calls `end_step` after every optimizer step (with the sum over processes),
+    # and saves `state_dict` with each checkpoint, restored on resume. Stateless by default.
+    def end_step(self, summed: Callable[[Tensor], Tensor]) -> None:
+        return None
+
+    def state_dict(self) -> dict[str, float]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        return None
 
     @property
     def reward_scale(self) -> float:

@@ -74,6 +74,19 @@ class CompositeLoss(PreferenceLoss):
     def reward_scale(self) -> float:
         return self.terms[0][1].reward_scale
 
+    def end_step(self, summed):
+        for _, loss in self.terms:
+            loss.end_step(summed)
+
+    def state_dict(self) -> dict[str, float]:
+        return {
+            f"{i}.{key}": value for i, (_, loss) in enumerate(self.terms) for key, value in loss.state_dict().items()
+        }
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        for i, (_, loss) in enumerate(self.terms):
+            loss.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(f"{i}.")})
+
     @classmethod
     def parameters(cls) -> dict[str, Any]:
         return {}

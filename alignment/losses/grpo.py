@@ -52,6 +52,12 @@ LEVELS = ("token", "sequence")
 SCALES = ("group", "batch", "none")
 
 
+def _required(value, owner: str, name: str):
+    if value is None:
+        raise ValueError(f"{owner}: needs SequenceLogps.{name}; got None")
+    return value
+
+
 def exp_capped(x: Tensor, cap: float = EXP_CAP) -> Tensor:
     """exp(x) for x <= cap, exp(cap) * (1 + x - cap) above (C1 at cap, no overflow)."""
     e = torch.exp(x.clamp(max=cap))
@@ -85,6 +91,13 @@ class GroupPolicyLoss(OptionalKL, PreferenceLoss):
     use_bias_correction_kl: bool = False
     mask_truncated_completions: bool = False
     std_eps: float = 1e-4
+    top_entropy_quantile: float = 1.0
+    entropy_coef: float = 0.0
+    use_adaptive_entropy: bool = False
+    entropy_coef_min: float = 0.0
+    entropy_coef_max: float = 1.0
+    entropy_coef_delta: float = 0.005
+    entropy_target: float = 0.2
 
     def __post_init__(self) -> None:
         self.epsilon = check_range(self.name, "epsilon", self.epsilon, gt=0, lt=1)
@@ -98,10 +111,32 @@ class GroupPolicyLoss(OptionalKL, PreferenceLoss):
         check_choice(self.name, "use_bias_correction_kl", self.use_bias_correction_kl, (False, True))
         check_choice(self.name, "mask_truncated_completions", self.mask_truncated_completions, (False, True))
         self.std_eps = check_range(self.name, "std_eps", self.std_eps, gt=0)
+        self.top_entropy_quantile = check_range(
+            self.name, "top_entropy_quantile", self.top_entropy_quantile, ge=0, le=1
+        )
+        check_choice(self.name, "use_adaptive_entropy", self.use_adaptive_entropy, (False, True))
+        for key in ("entropy_coef", "entropy_coef_min", "entropy_coef_delta", "entropy_target"):
+            setattr(self, key, check_range(self.name, key, getattr(self, key), ge=0))
+        self.entropy_coef_max = check_range(
+            self.name, "entropy_coef_max", self.entropy_coef_max, ge=self.entropy_coef_min
+        )
+        # The adaptive controller's state (Skywork-OR1, as TRL's): the coefficient, the last
+        # optimizer step's entropy over all processes, and this step's running sums.
+        self._coef = self.entropy_coef
+        self._last_entropy = math.inf
+        self._window: Tensor | None = None
+
+    @property
+    def entropy_bonus(self) -> bool:
+        return self.entropy_coef != 0.0 or self.use_adaptive_entropy
 
     @property
     def reads(self) -> frozenset[str]:  # type: ignore[override]
         extra = {"truncated"} if self.mask_truncated_completions else set()
+        if self.top_entropy_quantile < 1.0:
+            extra |= {"entropies", "gathered"}
+        if self.entropy_bonus:
+            extra |= {"entropies", "across_processes"} if self.use_adaptive_entropy else {"entropies"}
         if self.normalization == "completion_budget":
             extra.add("completion_budget")
         if self.normalization == "batch_tokens" or self.scale_rewards == "batch":
@@ -179,6 +214,9 @@ class GroupPolicyLoss(OptionalKL, PreferenceLoss):
             log_ratio_w = log_ratio
         ratio = exp_capped(log_ratio_w)
         per_token = self.policy_term(ratio, advantage, log_pi, log_ratio, tmask)
+        high_entropy = self.high_entropy_tokens(logps, tmask) if self.top_entropy_quantile < 1.0 else None
+        if high_entropy is not None:  # the policy term of the top-rho tokens only (Wang et al. 2025)
+            per_token = per_token * high_entropy
         kl = None
         if tokens.reference is not None:
             x = torch.where(tmask, tokens.reference.detach() - log_pi, 0.0)
@@ -189,6 +227,8 @@ class GroupPolicyLoss(OptionalKL, PreferenceLoss):
             per_token = per_token + self.beta * (kl * ratio if self.use_bias_correction_kl else kl)
         per_token = torch.where(tmask, per_token.expand_as(log_pi), 0.0)
         loss = self.normalized(per_token, tmask, sampled, logps)
+        if self.entropy_bonus:
+            loss = loss - self.entropy_term(logps, tmask if high_entropy is None else tmask & high_entropy)
 
         metrics, counts = reward_metrics(logps, self.reward_scale)
         self._token_metrics(metrics, counts, tmask, ratio.expand_as(log_pi), advantage, kl)
@@ -197,6 +237,54 @@ class GroupPolicyLoss(OptionalKL, PreferenceLoss):
             advantage[:, :, 0].abs(), logps.mask, weight
         )
         return LossOutput(loss=loss, metrics=metrics, counts=counts)
+
+    # ------------------------------------------------------------------ entropy
+
+    def high_entropy_tokens(self, logps: SequenceLogps, tmask: Tensor) -> Tensor:
+        """The tokens whose entropy is at least the (1 - top_entropy_quantile) quantile of
+        every counted token's entropy on all processes (Wang et al. 2025, "Beyond the 80/20
+        Rule"; TRL's get_high_entropy_mask, in float32 as it)."""
+        entropies = _required(logps.entropies, self.name, "entropies")
+        gathered = (logps.gathered or (lambda t: t))(entropies.detach()[tmask].float())
+        if gathered.numel() == 0:
+            return torch.zeros_like(tmask)
+        threshold = torch.quantile(gathered, 1 - self.top_entropy_quantile)
+        return (entropies.detach() * tmask >= threshold) & tmask
+
+    def entropy_term(self, logps: SequenceLogps, tokens: Tensor) -> Tensor:
+        """coef * the mean entropy of `tokens` (the bonus the loss subtracts); with the adaptive
+        controller, the coefficient of the end of the previous optimizer step, applied only
+        while the entropy was at or below the target, and this step's sums kept for `end_step`."""
+        entropies = _required(logps.entropies, self.name, "entropies")
+        mean = (entropies * tokens).sum() / tokens.sum().clamp(min=1)
+        if not self.use_adaptive_entropy:
+            return self.entropy_coef * mean
+        stats = torch.stack([(entropies * tokens).sum(), tokens.sum().to(entropies.dtype)]).detach()
+        self._window = stats if self._window is None else self._window + stats
+        self._summed = logps.across_processes or (lambda t: t)
+        return (self._coef if self._last_entropy <= self.entropy_target else 0.0) * mean
+
+    def end_step(self, summed=None) -> None:
+        """After an optimizer step: the step's entropy over all processes moves the
+        coefficient by entropy_coef_delta, up when it is at or below the target, else down."""
+        if not self.use_adaptive_entropy or self._window is None:
+            return
+        total, count = (summed or self._summed)(self._window)
+        entropy = (total / count.clamp(min=1)).item()
+        if entropy <= self.entropy_target:
+            self._coef = min(self._coef + self.entropy_coef_delta, self.entropy_coef_max)
+        else:
+            self._coef = max(self._coef - self.entropy_coef_delta, self.entropy_coef_min)
+        self._last_entropy, self._window = entropy, None
+
+    def state_dict(self) -> dict[str, float]:
+        return (
+            {"entropy_coef": self._coef, "last_world_entropy": self._last_entropy} if self.use_adaptive_entropy else {}
+        )
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        if self.use_adaptive_entropy and state:
+            self._coef, self._last_entropy = float(state["entropy_coef"]), float(state["last_world_entropy"])
 
     def normalized(self, per_token: Tensor, tmask: Tensor, sampled: Tensor, logps: SequenceLogps) -> Tensor:
         """The token losses (0 outside `tmask`) normalized; `sampled` are the samples a mean

@@ -88,6 +88,22 @@ def _across_processes(s: Sources) -> Callable[[Tensor], Tensor]:
     return lambda t: accelerator.reduce(t.detach(), "sum")
 
 
+def _gathered(s: Sources) -> Callable[[Tensor], Tensor]:
+    """Concatenate a 1-D tensor's values from every process (they may differ in length:
+    padded with a sentinel no value takes, as TRL does for its entropy quantile)."""
+    accelerator = s.trainer.accelerator
+    if accelerator.num_processes == 1:
+        return lambda t: t
+    sentinel = -1e9
+
+    def gather(values: Tensor) -> Tensor:
+        padded = accelerator.pad_across_processes(values.detach(), dim=0, pad_index=sentinel)
+        everything = accelerator.gather(padded)
+        return everything[everything != sentinel]
+
+    return gather
+
+
 PROVIDERS: dict[str, Callable[[Sources], Any]] = {
     "tokens": _tokens,
     "wpo_log_weights": _wpo_log_weights,
@@ -96,6 +112,8 @@ PROVIDERS: dict[str, Callable[[Sources], Any]] = {
     "truncated": _given("truncated"),
     "completion_budget": _given("completion_budget"),
     "across_processes": _across_processes,
+    "entropies": lambda s: s.forward.entropies,
+    "gathered": _gathered,
     "margins": lambda s: s.inputs.get("margins"),
 }
 
@@ -114,7 +132,9 @@ def loss_inputs(
     is the policy's forward, `reference_fn(model, inputs, per_token)` the reference's."""
     reads = loss.reads
     per_token = "tokens" in reads
-    forward = forward_fn(model, inputs, per_token=per_token, wpo="wpo_log_weights" in reads)
+    forward = forward_fn(
+        model, inputs, per_token=per_token, wpo="wpo_log_weights" in reads, entropy="entropies" in reads
+    )
     reference = reference_fn(model, inputs, per_token) if "reference" in reads else None
     sources = Sources(trainer, model, inputs, forward, reference, old_policy, given)
     unprovided = sorted(reads - {"reference"} - set(PROVIDERS))

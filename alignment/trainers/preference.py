@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers import PreTrainedModel, Trainer
+from transformers import PreTrainedModel, Trainer, TrainerCallback
 from trl.models.utils import unwrap_model_for_generation
 
 from alignment.data import PreferenceCollator
@@ -25,6 +26,28 @@ from alignment.trainers.faults import guard_nonfinite
 from alignment.trainers.inputs import loss_inputs
 from alignment.trainers.metrics import MetricAccumulator
 from alignment.trainers.output_dir import checkpoint_parts, disk_full_reported
+
+LOSS_STATE = "loss_state.json"  # a stateful loss's state in each checkpoint
+
+
+class LossStepEnd(TrainerCallback):
+    """Tells the loss an optimizer step ended (its `end_step`), with the sum over processes."""
+
+    def __init__(self, trainer: Any) -> None:
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        accelerator = self.trainer.accelerator
+        summed = (lambda t: t) if accelerator.num_processes == 1 else (lambda t: accelerator.reduce(t, "sum"))
+        self.trainer.loss_fn.end_step(summed)
+        return control
+
+    def resume(self, checkpoint: str | None) -> None:
+        """The loss's state from `checkpoint`, when it saved one."""
+        path = None if checkpoint is None else os.path.join(checkpoint, LOSS_STATE)
+        if path is not None and os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                self.trainer.loss_fn.load_state_dict(json.load(f))
 
 
 class PreferenceTrainer(Trainer):
@@ -82,6 +105,7 @@ class PreferenceTrainer(Trainer):
                     unwrap(reference.model), unwrap(self.model), reference_update.every, reference_update.alpha
                 )
             )
+        self.add_callback(LossStepEnd(self))
         self._metrics = {"train": MetricAccumulator(), "eval": MetricAccumulator()}
         self.nonfinite_skipped = 0
         self.model_card = model_card
@@ -192,6 +216,10 @@ class PreferenceTrainer(Trainer):
         parts = lambda: checkpoint_parts(self.accelerator.unwrap_model(self.model), self.args)  # noqa: E731
         with disk_full_reported(name, directory, self.args, parts):
             super()._save_checkpoint(model, trial)
+            state = self.loss_fn.state_dict()  # an adaptive coefficient, resumed with the checkpoint
+            if state and self.args.should_save:
+                with open(os.path.join(directory, LOSS_STATE), "w", encoding="utf-8") as f:
+                    json.dump(state, f)
             # Every process has written its part (optimizer shards, RNG state) only after this barrier.
             self.accelerator.wait_for_everyone()
             # Shared: one marker in output_dir, by the process that saves (node 0's first, or each
