@@ -128,7 +128,16 @@ def build_trainer(config: Config, training_args):
         return RewardModelTrainer(model=head.load(config, training_args), head=head, users=users, **common), data
 
     # A judge that cannot be imported or loaded fails before the policy is loaded.
-    judge = None if config.online is None else build_judge(config.online.judge, training_args.device)
+    judge = (
+        None
+        if config.online is None
+        else build_judge(
+            config.online.judge,
+            training_args.device,
+            config.online.multi_objective_aggregation,
+            config.online.max_new_tokens,
+        )
+    )
     if judge is not None:
         logger.info(
             "online: %s sampler, %d samples per prompt, judge: %s",

@@ -13,7 +13,7 @@ from tests.launch import ROOT, run_recipe
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("recipe", ["spo", "rloo", "grpo", "copg_online", "online_lipo"])
+@pytest.mark.parametrize("recipe", ["spo", "rloo", "grpo", "grpo_rewards", "dapo", "copg_online", "online_lipo"])
 def test_online_recipe_beats_its_initial_policy(recipe, tmp_path):
     start, final = run_recipe(recipe, tmp_path / recipe)
     # Step 0: the policy's samples against the initial policy's (the same model): a coin flip.

@@ -266,14 +266,15 @@ def test_missing_eos_penalty_shifts_the_preference():
         online = type("O", (), {"missing_eos_penalty": 0.5})()
         args = type("A", (), {"device": torch.device("cpu")})()
         judge = Fixed()
+        state = None
 
         def _decode(self, samples):
-            return [["7", "8"]] * 3
+            return [["7", "8"]] * 3, [[[7], [8]]] * 3
 
     ids = torch.ones(3, 2, 2, dtype=torch.long)
     finished = torch.tensor([[True, False], [False, False], [True, True]])
     samples = GroupSamples(ids, torch.ones_like(ids), finished, torch.tensor([True, True]))
-    feedback = OnlineTrainer._judge(Stub(), ["3+4="] * 3, samples)
+    feedback = OnlineTrainer._judge(Stub(), {"prompts": ["3+4="] * 3}, samples)
     assert feedback.preferences[:, 0, 1].tolist() == pytest.approx([1.0, 0.9, 0.2])
     assert feedback.preferences[:, 1, 0].tolist() == pytest.approx([0.0, 0.1, 0.8])
 

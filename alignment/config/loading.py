@@ -110,6 +110,10 @@ def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None
     online = raw.get("online")
     if isinstance(online, dict) and isinstance(online.get("judge"), str):  # `judge: module:function`
         online["judge"] = {"function": online["judge"]}
+    if isinstance(online, dict) and isinstance(online.get("judge"), list):  # a list holds reward functions
+        online["judge"] = [
+            {"type": "reward_function", "function": j} if isinstance(j, str) else j for j in online["judge"]
+        ]
     if isinstance(raw.get("evaluation"), str):  # `evaluation: module:function`, a score function
         raw["evaluation"] = {"score": raw["evaluation"]}
     raw = apply_overrides(raw, list(overrides or []))

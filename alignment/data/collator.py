@@ -125,8 +125,9 @@ def _per_item(rows: Sequence[Mapping[str, Any]], key: str, ks: list[int], k_max:
 
 class PromptCollator:
     """Pads prompt rows for online training: `prompt_input_ids` and
-    `prompt_attention_mask` [B, P] (right-padded), and `prompts`, the raw prompts
-    (strings or message lists) for the judge."""
+    `prompt_attention_mask` [B, P] (right-padded), `prompts`, the raw prompts
+    (strings or message lists) for the judge, and `columns`, each row's other columns
+    (a dict), for reward functions."""
 
     def __init__(self, pad_token_id: int) -> None:
         if pad_token_id is None:
@@ -138,4 +139,7 @@ class PromptCollator:
             raise ValueError("cannot collate an empty batch")
         ids, attention = right_padded([_to_list(row["prompt_input_ids"]) for row in rows], self.pad_token_id)
         prompts = [json.loads(row["prompt"]) for row in rows]
-        return {"prompt_input_ids": ids, "prompt_attention_mask": attention, "prompts": prompts}
+        batch = {"prompt_input_ids": ids, "prompt_attention_mask": attention, "prompts": prompts}
+        if all("columns" in row for row in rows):  # the rows' other columns, for reward functions
+            batch["columns"] = [json.loads(row["columns"]) for row in rows]
+        return batch

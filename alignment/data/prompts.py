@@ -3,8 +3,8 @@ policy, mixture and report as the preference data.
 
 Any layout works: a `prompt`-only file, or preference data whose completions are
 ignored (the prompt of a chat pair is cut out of its messages as usual). Each row keeps
-its prompt as JSON text (`prompt`), for the judge, and its tokens (`prompt_input_ids`),
-for the sampler."""
+its prompt as JSON text (`prompt`), for the judge, its other columns as JSON text
+(`columns`), for reward functions, and its tokens (`prompt_input_ids`), for the sampler."""
 
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ from alignment.schema import DataConfig, SourceConfig
 PROMPT_FEATURES = datasets.Features(
     {
         "prompt": datasets.Value("string"),
+        "columns": datasets.Value("string"),
         "prompt_input_ids": datasets.List(datasets.Value("int32")),
         "prompt_truncated": datasets.Value("bool"),
         "tokens_dropped": datasets.Value("int64"),
@@ -135,6 +136,8 @@ def _prompt_fields(
     dropped = max(0, len(ids) - max_prompt_length) if max_prompt_length is not None else 0
     return {
         "prompt": json.dumps(prompt, ensure_ascii=False),
+        # The row's other columns, for reward functions (TRL passes them too): e.g. a reference answer.
+        "columns": json.dumps({k: v for k, v in row.items() if k != "prompt"}, ensure_ascii=False, default=str),
         "prompt_input_ids": ids[dropped:],  # keep the end: the question right before the answer
         "prompt_truncated": dropped > 0,
         "tokens_dropped": dropped,

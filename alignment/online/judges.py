@@ -11,10 +11,13 @@ bad judge fails loudly, naming itself, instead of quietly turning into a wrong l
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import inspect
 import logging
+import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -26,10 +29,11 @@ from alignment.data.collator import right_padded
 from alignment.data.example import PreferenceExample
 from alignment.data.tokenize import tokenize_example
 from alignment.models import DTYPES
+from alignment.online.reward_functions import ExactMatch, FormatReward, SoftOverlongPunishment
 from alignment.rewards.judge_file import read_judge_file
 from alignment.rewards.pair_inputs import pair_ids, template_segments
 from alignment.rewards.vpl import VPL_CONFIG, VPLRewardModel
-from alignment.schema.online import JudgeConfig
+from alignment.schema.online import BUILTIN_REWARDS, JudgeConfig
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +65,11 @@ class Judge:
     def _probabilities(self, prompts: list[Prompt], completions: list[tuple[str, str]]) -> Any:
         raise NotImplementedError
 
-    def _checked(self, values: Any, batch_size: int, probabilities: bool = True) -> Tensor:
-        """`values` as a float32 CPU tensor [batch_size], or JudgeError saying what is wrong."""
+    def _checked(self, values: Any, batch_size: int, probabilities: bool = True, missing: bool = False) -> Tensor:
+        """`values` as a float32 CPU tensor [batch_size], or JudgeError saying what is wrong.
+        With `missing`, None (a reward that does not apply) becomes NaN."""
+        if missing and isinstance(values, (list, tuple)):
+            values = [math.nan if v is None else v for v in values]
         try:
             p = torch.as_tensor(values.detach() if isinstance(values, Tensor) else values, dtype=torch.float32)
         except (TypeError, ValueError, RuntimeError) as e:
@@ -77,7 +84,7 @@ class Judge:
             )
         p = p.cpu()
         # A range check alone would let NaN through: it compares False to everything.
-        checks = [(~torch.isfinite(p), "a value that is not finite (NaN or inf)")]
+        checks = [(p.isinf() if missing else ~torch.isfinite(p), "a value that is not finite (NaN or inf)")]
         if probabilities:
             checks.append(((p < 0) | (p > 1), "a probability outside [0, 1]"))
         for bad, what in checks:
@@ -126,37 +133,100 @@ class RewardJudge(Judge):
     Bradley-Terry, P(y0 > y1) = sigmoid(r0 - r1)."""
 
     feedback = "rewards"
+    missing_allowed = False  # whether it may answer None (NaN): reward functions may, as in TRL
 
-    def rewards(self, prompts: Sequence[Prompt], completions: Sequence[str]) -> Tensor:
+    def rewards(
+        self, prompts: Sequence[Prompt], completions: Sequence[str], context: Mapping[str, Any] | None = None
+    ) -> Tensor:
+        """float32 rewards [N] on CPU; NaN where a reward function answered None. `context`
+        holds keyword arguments for reward functions: per-completion lists (`completion_ids`,
+        the prompt rows' columns) and `trainer_state`."""
         if len(prompts) != len(completions):
             raise ValueError(f"{self.name}: {len(prompts)} prompts but {len(completions)} completions")
         if not prompts:
             return torch.empty(0, dtype=torch.float32)
-        return self._checked(self._rewards(list(prompts), list(completions)), len(prompts), probabilities=False)
+        values = self._rewards(list(prompts), list(completions), dict(context or {}))
+        return self._checked(values, len(prompts), probabilities=False, missing=self.missing_allowed)
 
-    def _rewards(self, prompts: list[Prompt], completions: list[str]) -> Any:
+    def _rewards(self, prompts: list[Prompt], completions: list[str], context: dict[str, Any]) -> Any:
         raise NotImplementedError
 
     def _probabilities(self, prompts: list[Prompt], completions: list[tuple[str, str]]) -> Tensor:
         # One pass over all 2B texts: y0's in the first half, y1's in the second.
         r = self.rewards(prompts * 2, [y0 for y0, _ in completions] + [y1 for _, y1 in completions])
         r0, r1 = r.chunk(2)
-        return torch.sigmoid(r0 - r1)
+        return torch.sigmoid(r0 - r1).nan_to_num(0.5)  # a reward that does not apply prefers neither
 
 
 class RewardFunctionJudge(RewardJudge):
-    """`module:function`, called as `function(prompts, completions) -> rewards`, one
-    completion text per prompt (e.g. the fraction of unit tests passed)."""
+    """`module:function`: one reward per completion text (e.g. the fraction of unit tests
+    passed), or None where it does not apply. Called TRL's way when it has a `completions` or
+    `completion_ids` parameter or **kwargs, `function(prompts=..., completions=..., **context)`
+    with the keys it takes (all of them with **kwargs); otherwise `function(prompts, completions)`."""
 
-    def __init__(self, function: str):
-        self.name = f"reward function {function}"
-        self.function: Callable[..., Any] = import_function(function, self.name)
+    missing_allowed = True
 
-    def _rewards(self, prompts: list[Prompt], completions: list[str]) -> Any:
+    def __init__(self, function: str | Callable[..., Any], name: str | None = None):
+        if isinstance(function, str):
+            self.name = f"reward function {function}"
+            self.function: Callable[..., Any] = import_function(function, self.name)
+        else:
+            self.name, self.function = f"reward function {name}", function
+        self.short_name = name or getattr(self.function, "__name__", None) or str(function).rpartition(":")[2]
+        self.keywords, self.accepts = _keyword_parameters(self.function)
+
+    def _rewards(self, prompts: list[Prompt], completions: list[str], context: dict[str, Any]) -> Any:
         try:
-            return self.function(prompts, completions)
+            if not self.keywords:
+                return self.function(prompts, completions)
+            given = {"prompts": prompts, "completions": completions, **context}
+            return self.function(**{k: v for k, v in given.items() if self.accepts is None or k in self.accepts})
         except Exception as e:  # user code: say whose code failed, keep the cause chained
             raise JudgeError(f"{self.name} raised {type(e).__name__}: {e}") from e
+
+
+def _keyword_parameters(function: Callable[..., Any]) -> tuple[bool, frozenset[str] | None]:
+    """Whether `function` is called with keywords (it has a `completions` or
+    `completion_ids` parameter, or **kwargs), and the names it takes (None: any)."""
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: the positional form
+        return False, frozenset()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return True, None
+    if "completions" not in parameters and "completion_ids" not in parameters:
+        return False, frozenset()
+    return True, frozenset(parameters)
+
+
+class RewardPanel(RewardJudge):
+    """Several reward judges with weights (`online.judge` as a list): each function's
+    rewards [N, F] (NaN where one answered None), aggregated per prompt group by
+    `alignment.online.feedback.aggregate_rewards`. Asked for one reward per completion
+    (e.g. a pair at evaluation), it answers the weighted sum, None skipped."""
+
+    missing_allowed = True
+
+    def __init__(self, members: list[tuple[str, RewardJudge, float]], aggregation: str):
+        names = [name for name, _, _ in members]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise JudgeError(f"online.judge: two reward judges are named {duplicated[0]!r}; give each its own `name`")
+        self.members, self.aggregation = members, aggregation
+        self.names = names
+        self.weights = torch.tensor([w for _, _, w in members], dtype=torch.float32)
+        self.name = "rewards " + " + ".join(f"{w:g} * {n}" for n, _, w in members)
+
+    def rewards_per_function(
+        self, prompts: Sequence[Prompt], completions: Sequence[str], context: Mapping[str, Any] | None = None
+    ) -> Tensor:
+        """[N, F]: each member's rewards, NaN where it answered None."""
+        return torch.stack([judge.rewards(prompts, completions, context) for _, judge, _ in self.members], dim=1)
+
+    def _rewards(self, prompts: list[Prompt], completions: list[str], context: dict[str, Any]) -> Tensor:
+        per_function = self.rewards_per_function(prompts, completions, context)
+        total = (per_function * self.weights).nansum(-1)
+        return torch.where(per_function.isnan().all(-1), math.nan, total)
 
 
 def messages_to_text(messages: list[dict[str, str]]) -> str:
@@ -264,7 +334,7 @@ class RewardModelJudge(_ClassifierJudge, RewardJudge):
             return self.tokenizer.apply_chat_template(messages, tokenize=False), True
         return messages_to_text(messages), False
 
-    def _rewards(self, prompts: list[Prompt], completions: list[str]) -> Tensor:
+    def _rewards(self, prompts: list[Prompt], completions: list[str], context: dict[str, Any]) -> Tensor:
         """float32 rewards [N] on CPU, one per (prompt, completion)."""
         pairs = list(zip(prompts, completions, strict=True))
         if self.trained_here is not None:
@@ -388,7 +458,7 @@ class VPLJudge(RewardJudge):
             out.append(self.model.embed(input_ids.to(self.device), attention_mask.to(self.device)))
         return torch.cat(out)
 
-    def _rewards(self, prompts: list[Prompt], completions: list[str]) -> Tensor:
+    def _rewards(self, prompts: list[Prompt], completions: list[str], context: dict[str, Any]) -> Tensor:
         encoded = []
         for prompt, completion in zip(prompts, completions, strict=True):
             prompt_ids, (ids,) = self._trained_ids(prompt, [completion])
@@ -402,9 +472,24 @@ def _model_kwargs(cfg: JudgeConfig, device: torch.device) -> dict[str, Any]:
     return {"device": device, **{key: getattr(cfg, key) for key in keys}}
 
 
+def _builtin(cfg: JudgeConfig, max_new_tokens: int | None) -> RewardFunctionJudge:
+    if cfg.type == "format":
+        return RewardFunctionJudge(FormatReward(cfg.pattern or ""), cfg.name or "format")
+    if cfg.type == "exact_match":
+        return RewardFunctionJudge(ExactMatch(cfg.column or "", cfg.pattern), cfg.name or f"exact_match_{cfg.column}")
+    max_length = cfg.max_completion_length or max_new_tokens
+    if max_length is None:
+        raise JudgeError("overlong reward: give online.judge.max_completion_length (L_max)")
+    try:
+        function = SoftOverlongPunishment(max_length, cfg.soft_punish_cache or 0)
+    except ValueError as e:
+        raise JudgeError(str(e)) from None
+    return RewardFunctionJudge(function, cfg.name or "overlong")
+
+
 _BUILDERS: dict[str, Callable[[JudgeConfig, torch.device], Judge]] = {
     "callable": lambda cfg, device: CallableJudge(cfg.function),
-    "reward_function": lambda cfg, device: RewardFunctionJudge(cfg.function),
+    "reward_function": lambda cfg, device: RewardFunctionJudge(cfg.function, cfg.name),
     "reward_model": lambda cfg, device: RewardModelJudge(cfg.name_or_path, **_model_kwargs(cfg, device)),
     "pairwise": lambda cfg, device: PairwiseJudge(
         cfg.name_or_path, template=cfg.pairwise_template, **_model_kwargs(cfg, device)
@@ -413,9 +498,35 @@ _BUILDERS: dict[str, Callable[[JudgeConfig, torch.device], Judge]] = {
 }
 
 
-def build_judge(cfg: JudgeConfig, device: torch.device | str) -> Judge:
-    """The judge `cfg` describes. `device` is the training process's, used when
-    `cfg.device` is "auto"; dtype "auto" keeps the checkpoint's own."""
-    if cfg.type not in _BUILDERS:
-        raise JudgeError(f"unknown judge type {cfg.type!r}; choose one of {sorted(_BUILDERS)}")
-    return _BUILDERS[cfg.type](cfg, torch.device(device if cfg.device == "auto" else cfg.device))
+def build_judge(
+    cfg: JudgeConfig | list[JudgeConfig],
+    device: torch.device | str,
+    aggregation: str = "sum_then_normalize",
+    max_new_tokens: int | None = None,
+) -> Judge:
+    """The judge `cfg` describes, or a `RewardPanel` of a list of reward judges. `device` is
+    the training process's, used when `cfg.device` is "auto"; dtype "auto" keeps the
+    checkpoint's own. `max_new_tokens` is the overlong reward's default L_max."""
+    if isinstance(cfg, list):
+        members = []
+        for member in cfg:  # each built unweighted: the panel weighs them
+            judge = build_judge(dataclasses.replace(member, weight=1.0), device, max_new_tokens=max_new_tokens)
+            assert isinstance(judge, RewardJudge)  # the schema lets only reward judges into a list
+            members.append((member.name or _short_name(member, judge), judge, member.weight))
+        return RewardPanel(members, aggregation)
+    if cfg.type in BUILTIN_REWARDS:
+        judge: Judge = _builtin(cfg, max_new_tokens)
+    elif cfg.type not in _BUILDERS:
+        raise JudgeError(f"unknown judge type {cfg.type!r}; choose one of {sorted(_BUILDERS) + list(BUILTIN_REWARDS)}")
+    else:
+        judge = _BUILDERS[cfg.type](cfg, torch.device(device if cfg.device == "auto" else cfg.device))
+    if cfg.weight != 1.0:  # one weighted reward judge: its rewards scaled, as TRL's reward_weights
+        judge = RewardPanel([(cfg.name or _short_name(cfg, judge), judge, cfg.weight)], aggregation)  # type: ignore[list-item]
+    return judge
+
+
+def _short_name(cfg: JudgeConfig, judge: Judge) -> str:
+    """The name a reward judge's mean is logged under: the function's, or the model's directory."""
+    if isinstance(judge, RewardFunctionJudge):
+        return judge.short_name
+    return os.path.basename(os.path.normpath(cfg.name_or_path or cfg.type))

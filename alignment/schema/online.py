@@ -6,7 +6,9 @@ preferences from the judge."""
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -17,7 +19,12 @@ from alignment.schema.values import ConfigError
 PAIR_TEMPLATE = "{prompt}\n\nResponse A:\n{completion_a}\n\nResponse B:\n{completion_b}"
 PAIR_PLACEHOLDERS = ("{prompt}", "{completion_a}", "{completion_b}")
 
-JUDGE_TYPES = ("callable", "reward_function", "reward_model", "pairwise", "vpl")
+JUDGE_TYPES = ("callable", "reward_function", "reward_model", "pairwise", "vpl", "format", "overlong", "exact_match")
+# The built-in reward functions (`alignment.online.reward_functions`), judged like a reward function.
+BUILTIN_REWARDS = ("format", "overlong", "exact_match")
+# Judges of one scalar reward per completion: the ones a list of judges may hold (their rewards are summed).
+REWARD_JUDGES = ("reward_function", "reward_model", "vpl", *BUILTIN_REWARDS)
+AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
 
 
 @dataclass
@@ -41,6 +48,27 @@ class JudgeConfig:
       `user_context`, a JSON/JSONL file of one user's labelled pairs: the reward is
       r(x, y, z) with z the posterior mean given those pairs.
 
+    - built-in reward functions (`alignment.online.reward_functions`):
+      `format`: 1 when the completion matches the regular expression `pattern` whole
+      (`re.fullmatch`, `.` matching newlines too), else 0; `overlong`: DAPO's soft
+      overlong punishment (Yu et al. 2025, eq. 13) from the completion's token count,
+      with L_max = `max_completion_length` (default `online.max_new_tokens`) and
+      L_cache = `soft_punish_cache`; `exact_match`: 1 when the completion's answer
+      equals the row's `column` (both stripped), else 0, and no reward (None) for a row
+      without one; the answer is the whole completion, or with `pattern` the last match
+      of its first group.
+
+    A reward function may return None for a completion it does not apply to (as in
+    TRL). A reward function is called with keywords, TRL's way, when it has a
+    `completions` or `completion_ids` parameter or `**kwargs`: `prompts`, `completions` (texts), `completion_ids`, the
+    prompt row's other columns (one value per completion) and `trainer_state`, each
+    passed if the function takes it by name or has `**kwargs`; otherwise as
+    `function(prompts, completions)`.
+
+    In a list of judges (`online.judge: [...]`), each is a reward judge with a
+    `weight` (default 1) and a `name` for its logged mean (`online/rewards/<name>`;
+    default: the function's or type's name).
+
     A reward or pairwise model trained here (its directory holds `alignment_judge.json`)
     is given exactly the token sequences it was trained on.
 
@@ -48,8 +76,16 @@ class JudgeConfig:
 
     SCALAR_KEY = "function"
 
-    type: Literal["callable", "reward_function", "reward_model", "pairwise", "vpl"] = "callable"
+    type: Literal[
+        "callable", "reward_function", "reward_model", "pairwise", "vpl", "format", "overlong", "exact_match"
+    ] = "callable"
     function: str | None = None
+    weight: float = 1.0
+    name: str | None = None
+    pattern: str | None = None
+    column: str | None = None
+    max_completion_length: int | None = None
+    soft_punish_cache: int | None = None
     name_or_path: str | None = None
     revision: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -61,7 +97,13 @@ class JudgeConfig:
     user_context: str | None = None
 
     def __post_init__(self) -> None:
-        if self.type in ("callable", "reward_function"):
+        self._check_builtin()
+        if self.type in BUILTIN_REWARDS:
+            if self.function is not None or self.name_or_path is not None:
+                raise ConfigError(
+                    f"online.judge: a built-in {self.type} reward takes neither function nor name_or_path"
+                )
+        elif self.type in ("callable", "reward_function"):
             if not self.function or ":" not in self.function:
                 raise ConfigError(
                     f"online.judge.function: a {self.type} judge is named as 'module:function' "
@@ -82,10 +124,52 @@ class JudgeConfig:
                 )
         elif self.user_context is not None:
             raise ConfigError("online.judge.user_context applies to vpl judges only")
+        if not math.isfinite(self.weight):
+            raise ConfigError(f"online.judge.weight must be a finite number, got {self.weight}")
         if self.batch_size < 1:
             raise ConfigError(f"online.judge.batch_size must be >= 1, got {self.batch_size}")
         if self.max_length < 2:
             raise ConfigError(f"online.judge.max_length must be >= 2, got {self.max_length}")
+
+    def _check_builtin(self) -> None:
+        """Each built-in reward's own keys, and only its own."""
+        own = {"format": ("pattern",), "overlong": ("max_completion_length", "soft_punish_cache")}
+        own["exact_match"] = ("column", "pattern")
+        for key in ("pattern", "column", "max_completion_length", "soft_punish_cache"):
+            if getattr(self, key) is not None and key not in own.get(self.type, ()):
+                users = [t for t, keys in own.items() if key in keys]
+                raise ConfigError(f"online.judge.{key} applies to {' and '.join(users)} rewards only, not {self.type}")
+        if self.type == "format" and not self.pattern:
+            raise ConfigError("online.judge.pattern: a format reward needs a regular expression, e.g. '^\\d+$'")
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as err:
+                raise ConfigError(
+                    f"online.judge.pattern: {self.pattern!r} is not a regular expression: {err}"
+                ) from None
+            if self.type == "exact_match" and re.compile(self.pattern).groups < 1:
+                raise ConfigError(
+                    f"online.judge.pattern: exact_match reads the answer from the pattern's first group; "
+                    f"{self.pattern!r} has none (e.g. '=\\s*(-?\\d+)')"
+                )
+        if self.type == "exact_match" and not self.column:
+            raise ConfigError("online.judge.column: exact_match compares with a column of the prompt rows, e.g. answer")
+        if self.type == "overlong":
+            if self.soft_punish_cache is None or self.soft_punish_cache < 0:
+                raise ConfigError(
+                    "online.judge.soft_punish_cache: an overlong reward needs L_cache >= 0 tokens, the band below "
+                    f"max_completion_length where the punishment grows (DAPO), got {self.soft_punish_cache}"
+                )
+            if self.max_completion_length is not None and self.max_completion_length <= self.soft_punish_cache:
+                raise ConfigError(
+                    f"online.judge.max_completion_length ({self.max_completion_length}) must exceed "
+                    f"soft_punish_cache ({self.soft_punish_cache})"
+                )
+
+    @property
+    def gives_rewards(self) -> bool:
+        return self.type in REWARD_JUDGES
 
 
 @dataclass
@@ -108,9 +192,28 @@ class OnlineConfig:
     `num_samples` is K, the completions drawn per prompt (2: a pair); the judge is
     asked the K(K-1)/2 pairs of each prompt, or K rewards. `updates_per_batch` > 1
     trains several optimizer steps on each batch of samples (GRPO's mu, with its
-    clipped importance ratio); the prompts are repeated so none is skipped."""
+    clipped importance ratio); the prompts are repeated so none is skipped.
 
-    judge: JudgeConfig | None = None
+    Several reward judges: `judge` is a list, each with its `weight`, aggregated as TRL
+    1.16's `multi_objective_aggregation` says: `sum_then_normalize` (the weighted sum of
+    the rewards, None skipped, is the score) or `normalize_then_sum` (GDPO: each
+    function's rewards normalized within the prompt's group, (r - mean) / (std + 1e-4)
+    over the completions it scores, then the weighted sum; pair it with the loss's
+    `scale_rewards: batch` for GDPO's batch normalization). A completion no function
+    scores is left out of the loss.
+
+    `dynamic_sampling` (DAPO, Yu et al. 2025): a group whose K scores are all equal has
+    no advantage, so it is dropped and more prompts are drawn until the micro-batch holds
+    `per_device_train_batch_size` informative groups, at most
+    `dynamic_sampling_max_draws` draws of a micro-batch of prompts each (the first
+    included). Short after the last draw, the batch is filled with dropped groups that
+    are masked out of the loss. Logged: `online/dynamic_sampling/filtered`,
+    `online/dynamic_sampling/draws`, `online/dynamic_sampling/short`."""
+
+    judge: list[JudgeConfig] | JudgeConfig | None = None
+    multi_objective_aggregation: Literal["sum_then_normalize", "normalize_then_sum"] = "sum_then_normalize"
+    dynamic_sampling: bool = False
+    dynamic_sampling_max_draws: int = 4
     sampler: Literal["policy", "reference", "mixture"] = "policy"
     mixture_coef: float = 0.125
     max_new_tokens: int = 64
@@ -132,6 +235,15 @@ class OnlineConfig:
                 "online.judge is required: 'module:function' for a Python judge, or a mapping with "
                 f"type ({', '.join(JUDGE_TYPES)}) and name_or_path"
             )
+        if isinstance(self.judge, list):
+            self._check_judge_list(self.judge)
+        elif self.judge.weight != 1.0 and self.judge.type not in REWARD_JUDGES:
+            raise ConfigError(f"online.judge.weight weighs rewards; a {self.judge.type} judge answers preferences")
+        if self.dynamic_sampling_max_draws < 1:
+            raise ConfigError(
+                f"online.dynamic_sampling_max_draws must be >= 1 (the first draw counts), "
+                f"got {self.dynamic_sampling_max_draws}"
+            )
         if not 0.0 <= self.mixture_coef <= 1.0:
             raise ConfigError(f"online.mixture_coef must be in [0, 1], got {self.mixture_coef}")
         if self.max_new_tokens < 1:
@@ -146,6 +258,17 @@ class OnlineConfig:
             raise ConfigError(f"online.missing_eos_penalty must be in [0, 1], got {self.missing_eos_penalty}")
         if self.eval_max_new_tokens is not None and self.eval_max_new_tokens < 1:
             raise ConfigError(f"online.eval_max_new_tokens must be >= 1, got {self.eval_max_new_tokens}")
+
+    @staticmethod
+    def _check_judge_list(judges: list[JudgeConfig]) -> None:
+        if not judges:
+            raise ConfigError("online.judge: an empty list; give one judge or several reward judges")
+        for i, judge in enumerate(judges):
+            if judge.type not in REWARD_JUDGES:
+                raise ConfigError(
+                    f"online.judge.{i}: a list of judges sums their rewards, so each must give rewards "
+                    f"({', '.join(REWARD_JUDGES)}); a {judge.type} judge answers preferences"
+                )
 
 
 @dataclass

@@ -78,10 +78,16 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
         for arg in args:
             if arg is type(None):
                 continue
+            if isinstance(value, list) != (typing.get_origin(arg) is list or arg is list) and any(
+                typing.get_origin(a) is list or a is list for a in args
+            ):
+                continue  # a list is checked as the list alternative only, so its errors name the item
             try:
                 return coerce(value, arg, key)
             except ConfigError as err:
                 errors.append(str(err))
+        if not errors:
+            raise ConfigError(f"{key}: {value!r} is not a {_type_name(annotation)}")
         raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} is not a {_type_name(annotation)}")
     if origin is Literal:
         if value not in args:

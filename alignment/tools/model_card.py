@@ -77,9 +77,13 @@ def render_model_card(config: Config, metrics: dict[str, float]) -> str:
         *_judge_lines(config),
     ]
     if config.online is not None:
-        lines.append(
-            f"| online | {config.online.sampler} sampler, judge {config.online.judge.function or config.online.judge.name_or_path} |"
+        judges = config.online.judge if isinstance(config.online.judge, list) else [config.online.judge]
+        named = ", ".join(
+            (f"{j.weight:g} * " if len(judges) > 1 else "") + str(j.function or j.name_or_path or j.type)
+            for j in judges
+            if j is not None
         )
+        lines.append(f"| online | {config.online.sampler} sampler, judge {named} |")
     lines += ["", "## Final metrics", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in sorted(metrics.items()) if not k.endswith(("_runtime", "per_second"))]
     lines += ["", "## Recipe", "", "The resolved recipe is `alignment_config.yaml` in this directory.", ""]

@@ -18,7 +18,8 @@ from torch.utils.data import Sampler as IndexSampler
 
 from alignment.data import PromptCollator
 from alignment.losses import LossOutput, PreferenceLoss
-from alignment.online.feedback import Feedback, judge_samples
+from alignment.online.dynamic_sampling import Draw, assemble, informative_groups
+from alignment.online.feedback import Feedback, aggregate_rewards, judge_samples
 from alignment.online.judges import Judge
 from alignment.online.sampler import (
     POLICY,
@@ -111,8 +112,10 @@ class OnlineTrainer(PreferenceTrainer):
             **{**vars(self.settings), "max_new_tokens": online.eval_max_new_tokens or online.max_new_tokens}
         )
         self._win_rate_key = "win_rate_vs_initial" if self.reference.is_initial else "win_rate_vs_reference"
-        self._reused: dict[int, tuple[dict[str, Tensor], GroupSamples, Feedback, Tensor | None]] = {}
+        self._reused: dict[int, tuple[Tensor, tuple]] = {}
         self._reuse_step, self._micro_step = -1, 0
+        self._extra_generator: torch.Generator | None = None  # dynamic sampling's own prompt order
+        self._extra_order: Tensor | None = None
 
     @staticmethod
     def _keeps_unneeded_reference(reference) -> bool:
@@ -132,45 +135,103 @@ class OnlineTrainer(PreferenceTrainer):
         policy, reference = ModelStream(unwrapped), self.reference.stream(unwrapped)
         return draw(slots, policy, reference, inputs["prompt_input_ids"], inputs["prompt_attention_mask"], settings)
 
-    def _decode(self, samples: GroupSamples) -> list[list[str]]:
+    def _decode(self, samples: GroupSamples) -> tuple[list[list[str]], list[list[list[int]]]]:
+        """Each prompt's K completion texts, and their token ids."""
         ids, lengths = samples.completion_ids, samples.lengths
         rows = [[ids[b, k, : int(lengths[b, k])].tolist() for k in range(ids.size(1))] for b in range(ids.size(0))]
         flat = self.processing_class.batch_decode([row for group in rows for row in group], skip_special_tokens=True)
         k = ids.size(1)
-        return [flat[b * k : (b + 1) * k] for b in range(ids.size(0))]
+        return [flat[b * k : (b + 1) * k] for b in range(ids.size(0))], rows
 
-    def _judge(self, prompts: list[Any], samples: GroupSamples) -> Feedback:
-        """The judge's feedback on each prompt's K samples, with the missing-EOS penalty."""
-        feedback = judge_samples(self.judge, prompts, self._decode(samples))
+    def _judge(self, inputs: Mapping[str, Any], samples: GroupSamples) -> Feedback:
+        """The judge's feedback on each prompt's K samples, with the missing-EOS penalty.
+        Reward functions may read the prompt rows' other columns, the completions' token
+        ids and the trainer state (TRL's keywords)."""
+        texts, ids = self._decode(samples)
+        context: dict[str, Any] = {"completion_ids": ids, "trainer_state": self.state}
+        rows = inputs.get("columns") or [{} for _ in texts]
+        for key in dict.fromkeys(k for row in rows for k in row):
+            if key not in ("prompts", "completions", *context):
+                context[key] = [row.get(key) for row in rows]
+        feedback = judge_samples(self.judge, inputs["prompts"], texts, context)
         feedback = feedback.penalised(~samples.finished.cpu(), self.online.missing_eos_penalty)
-        device = self.args.device
-        rewards = None if feedback.rewards is None else feedback.rewards.to(device, torch.float32)
-        return Feedback(feedback.preferences.to(device, torch.float32), rewards)
+        return feedback.to(self.args.device)
 
     @staticmethod
-    def _group_batch(inputs: Mapping[str, Any], samples: GroupSamples, scores: Tensor) -> dict[str, Tensor]:
-        """The K samples in the offline batch layout ([B, K, T] completions)."""
+    def _group_batch(inputs: Mapping[str, Any], samples: GroupSamples, feedback: Feedback, kind: str):
+        """The K samples in the offline batch layout ([B, K, T] completions); `mask` leaves
+        out the completions no reward function scored."""
         ids = samples.completion_ids
+        mask = torch.ones(ids.shape[:2], dtype=torch.bool, device=ids.device)
+        if feedback.scorable is not None:
+            mask = mask & feedback.scorable.to(ids.device)
         return {
             "prompt_input_ids": inputs["prompt_input_ids"],
             "prompt_attention_mask": inputs["prompt_attention_mask"],
             "completion_input_ids": ids,
             "completion_attention_mask": samples.completion_mask,
-            "scores": scores,
-            "mask": torch.ones(ids.shape[:2], dtype=torch.bool, device=ids.device),
+            "scores": feedback.scores(kind),
+            "mask": mask,
             "lengths": samples.completion_mask.sum(-1),
         }
 
-    def _fresh(self, model: nn.Module, inputs: Mapping[str, Any], keep_old: bool):
+    def _sample_and_judge(self, model: nn.Module, inputs: Mapping[str, Any]) -> tuple[GroupSamples, Feedback]:
         with self._generation_model(model) as unwrapped:
             samples = self._draw(unwrapped, inputs, self.slots, self.settings)
-        feedback = self._judge(inputs["prompts"], samples)
-        batch = self._group_batch(inputs, samples, feedback.scores(self.loss_fn.feedback))
+        return samples, self._judge(inputs, samples)
+
+    def _fresh(self, model: nn.Module, inputs: Mapping[str, Any], keep_old: bool):
+        samples, feedback = self._sample_and_judge(model, inputs)
+        stats: dict[str, Tensor] = {}
+        trained = None
+        if self.online.dynamic_sampling:
+            dynamic = self._dynamic_sampling(model, dict(inputs), samples, feedback)
+            inputs, samples, feedback, trained = dynamic.inputs, dynamic.samples, dynamic.feedback, dynamic.trained
+            stats = {
+                "online/dynamic_sampling/filtered": torch.tensor(float(dynamic.filtered)),
+                "online/dynamic_sampling/draws": torch.tensor(float(dynamic.draws)),
+                "online/dynamic_sampling/short": torch.tensor(float(dynamic.short)),
+            }
+        batch = self._group_batch(inputs, samples, feedback, self.loss_fn.feedback)
+        if trained is not None:  # groups that only fill a short batch are not trained
+            batch["mask"] = batch["mask"] & trained.to(batch["mask"].device)[:, None]
         old = None
         if keep_old:  # the sampling policy's token log-probs, for the importance ratio of later updates
             with torch.no_grad():
                 old = self._token_logps(model, batch)
-        return batch, samples, feedback, old
+        return batch, samples, feedback, old, stats
+
+    def _dynamic_sampling(self, model: nn.Module, inputs: dict[str, Any], samples: GroupSamples, feedback: Feedback):
+        """DAPO's dynamic sampling: draw more micro-batches of prompts until this one holds
+        its size in informative groups, or `dynamic_sampling_max_draws` draws were made.
+        Every process draws as long as any process needs to (generation may hold
+        collectives, under ZeRO-3 or FSDP)."""
+        size, kind = inputs["prompt_input_ids"].size(0), self.loss_fn.feedback
+        draws = [Draw(inputs, samples, feedback)]
+        while True:
+            have = sum(int(informative_groups(d.feedback.scores(kind), d.feedback.scorable).sum()) for d in draws)
+            need = have < size and len(draws) < self.online.dynamic_sampling_max_draws
+            if self.args.world_size > 1:
+                need = bool(self.accelerator.gather(torch.tensor([int(need)], device=self.args.device)).max())
+            if not need:
+                break
+            more = self._prepare_inputs(self._more_prompts(size))
+            draws.append(Draw(more, *self._sample_and_judge(model, more)))
+        return assemble(draws, size, kind, self.processing_class.pad_token_id)
+
+    def _more_prompts(self, size: int) -> dict[str, Any]:
+        """`size` more training prompts, from this process's own seeded shuffle of the data."""
+        if self._extra_order is None or len(self._extra_order) < size:
+            n = len(self.train_dataset)
+            if self._extra_generator is None:
+                seed = self.args.seed + 7919 * (1 + self.args.process_index)
+                self._extra_generator = torch.Generator().manual_seed(seed)
+            order = self._extra_order.tolist() if self._extra_order is not None else []
+            while len(order) < size:
+                order += torch.randperm(n, generator=self._extra_generator).tolist()
+            self._extra_order = torch.tensor(order)
+        picked, self._extra_order = self._extra_order[:size].tolist(), self._extra_order[size:]
+        return self.data_collator([self.train_dataset[i] for i in picked])
 
     def _step_samples(self, model: nn.Module, inputs: Mapping[str, Any]):
         """This micro-batch's samples: drawn now, or, with `updates_per_batch` = mu, drawn at
@@ -184,20 +245,20 @@ class OnlineTrainer(PreferenceTrainer):
             self._reuse_step, self._micro_step = step, 0
         micro, self._micro_step = self._micro_step, self._micro_step + 1
         if step % repeats == 0 or micro not in self._reused:
-            self._reused[micro] = self._fresh(model, inputs, keep_old=True)
-        batch = self._reused[micro][0]
-        if not torch.equal(batch["prompt_input_ids"], inputs["prompt_input_ids"]):
+            self._reused[micro] = (inputs["prompt_input_ids"], self._fresh(model, inputs, keep_old=True))
+        drawn_for, fresh = self._reused[micro]
+        if not torch.equal(drawn_for, inputs["prompt_input_ids"]):
             raise RuntimeError(
                 "online.updates_per_batch: the repeated micro-batch holds other prompts than its samples"
             )
-        return self._reused[micro]
+        return fresh
 
     # ------------------------------------------------------------------ train and eval
 
     def compute_loss(
         self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None
     ) -> Tensor | tuple[Tensor, LossOutput]:
-        batch, samples, feedback, old = self._step_samples(model, inputs)
+        batch, samples, feedback, old, stats = self._step_samples(model, inputs)
         logps = self.batch_logps(
             model,
             batch,
@@ -210,10 +271,33 @@ class OnlineTrainer(PreferenceTrainer):
         output.loss = guard_nonfinite(self, model, output.loss, logps)
         output.metrics.update(self._sample_metrics(None if logps.reference is None else logps.logratios(), samples))
         output.metrics["online/preference"] = feedback.scores("preferences").mean().detach()
-        if feedback.rewards is not None:
-            output.metrics["online/reward"] = feedback.rewards.mean().detach()
+        output.metrics.update(self._reward_metrics(feedback, output))
+        for name, value in stats.items():  # per micro-batch
+            output.metrics[name], output.counts[name] = value.to(output.loss.device), torch.ones(())
         self._metrics["train"].add(output, batch["mask"])
         return (output.loss, output) if return_outputs else output.loss
+
+    @staticmethod
+    def _reward_metrics(feedback: Feedback, output: LossOutput) -> dict[str, Tensor]:
+        """`online/reward`, the mean reward of the scored completions (with several reward
+        functions, their weighted sum, None skipped, as TRL's `reward`), and each
+        function's mean over the completions it scored, `online/rewards/<name>`."""
+        if feedback.rewards is None:
+            return {}
+        if feedback.per_function is None or feedback.weights is None:
+            scored = feedback.rewards if feedback.scorable is None else feedback.rewards[feedback.scorable]
+            return {"online/reward": scored.mean().detach()}
+        per_function = feedback.per_function.detach()
+        metrics = {}
+        total = aggregate_rewards(per_function, feedback.weights, "sum_then_normalize")
+        for name, values in [("online/reward", total)] + [
+            (f"online/rewards/{n}", per_function[..., f]) for f, n in enumerate(feedback.names)
+        ]:
+            scored = ~values.isnan()
+            # Weighted by the completions scored, so the logged mean is over completions, not micro-batches.
+            metrics[name] = values.nan_to_num(0.0).sum() / scored.sum().clamp(min=1)
+            output.counts[name] = scored.sum()
+        return metrics
 
     @property
     def win_rate_key(self) -> str:
@@ -234,8 +318,8 @@ class OnlineTrainer(PreferenceTrainer):
             samples = self._draw(unwrapped, inputs, slots, self.eval_settings)
         metrics, logratios = {}, None
         if self.reference.live:
-            feedback = self._judge(inputs["prompts"], samples)
-            batch = self._group_batch(inputs, samples, feedback.scores("preferences"))
+            feedback = self._judge(inputs, samples)
+            batch = self._group_batch(inputs, samples, feedback, "preferences")
             with torch.no_grad():  # the reference's log-probs even for a loss that does not read them: the KL
                 logratios = self._logps(model, batch) - self.reference.logps(model, batch, self._logps)
             metrics[self.win_rate_key] = feedback.preferences[:, 0, 1].mean()
