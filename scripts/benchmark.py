@@ -4,6 +4,7 @@
     python scripts/benchmark.py --preset listwise-cpu
     python scripts/benchmark.py --preset gpu-0.5b            # on a GPU
     python scripts/benchmark.py --preset gpu-8b-qlora-24gb   # on a GPU, 4-bit + LoRA
+    python scripts/benchmark.py --preset grpo-smollm2-cpu    # online: ours vs TRL's GRPOTrainer, RLOOTrainer
 
 Every run trains the same model (built from a config with seeded random weights, so
 nothing is downloaded) on the same synthetic data, with the same batch, max_length,
@@ -22,6 +23,8 @@ model loading excluded), real tokens per second (prompt + completion tokens of t
 no padding, each prompt counted once), peak memory (CUDA max allocated, or the process's
 peak RSS on CPU) and the loss at the first step, which must agree across runs. Ratios
 are ours against the better TRL run. Results go to a JSON file and a Markdown table.
+
+The online preset `grpo-smollm2-cpu` (GRPOTrainer, RLOOTrainer) is described in `OnlinePreset` below.
 """
 
 from __future__ import annotations
@@ -29,17 +32,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import random
 import resource
 import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from datetime import date
 from itertools import combinations
 from pathlib import Path
 
-from flops import Shape, matmul_peak, ours_forward_flops, trl_forward_flops
+from flops import Shape, matmul_peak, online_forward_flops, ours_forward_flops, trl_forward_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -362,25 +369,576 @@ def worker(run: str, preset_name: str, directory: Path, result: Path, tokens: in
     result.write_text(json.dumps(outcome))
 
 
+# ----------------------------------------------------------------------------- online: GRPO and RLOO
+
+
+@dataclass
+class OnlinePreset:
+    """An online side by side. Every run draws `k` completions of at most `max_new_tokens`
+    tokens (temperature 1, no top-k or top-p) for each of `prompts` prompts per step, scores
+    them with the same reward function (`reward`, one float per completion text), and takes
+    one optimizer step per batch of samples (AdamW, constant lr, float32) for `steps` steps,
+    with a live reference model (KL coefficient `beta`, so each run loads a second copy).
+    The prompts are the first `steps * prompts` of `data`, so every run sees the same ones.
+
+    - `ours`: `OnlineTrainer` with loss `grpo`, built from a recipe (`online_recipe`)
+      through `load_config` and `alignment.run.build_trainer`, as `scripts/train.py` does;
+      `ours-rloo`: the same recipe with `--loss.name=rloo`.
+    - `trl-grpo`: TRL's `GRPOTrainer`, `loss_type="grpo"` (and `use_bias_correction_kl`
+      off, as our `grpo`), `num_generations` = K, `per_device_train_batch_size` = prompts
+      x K (TRL counts completions), no vLLM, no gradient checkpointing;
+      `trl-rloo`: TRL's `RLOOTrainer`, the same settings.
+
+    Reported per run:
+
+    - wall: `trainer.train()` (sampling, judging, reference and policy passes, optimizer);
+      model loading and the trainers' construction are excluded (ours tokenizes its prompts
+      there; TRL tokenizes them during the step: 24 short chat prompts, milliseconds);
+    - samples/s: completions generated and trained on, over the wall time;
+    - tokens/s: completion tokens generated (EOS included, nothing after it, no padding;
+      prompts not counted), over the wall time;
+    - peak memory: the worker process's peak RSS (both model copies included);
+    - achieved FLOP/s: the model FLOPs of the tokens each run computes, over the wall
+      time, against the matmul peak measured in the same invocation (and, as a noise
+      check, in each worker just before and after its training). A forward over S token
+      positions with C completion tokens costs F(S, C) = 2 * P_body * S + 2 * hidden *
+      vocab * C (`flops.online_forward_flops`; P_body the attention and MLP projection
+      weights, the head counted on completion tokens only, attention scores and padding
+      left out). Summed over a run's samples, with P = their prompt tokens (a prompt once
+      per sample), P_g = the prompt tokens once per prompt and C = the completion tokens:
+      generation F(P + C, C) on both sides (the prompt is prefilled once per sample);
+      the reference's forward F(S_t, C) and the policy's forward and backward 3 F(S_t, C),
+      with S_t = P_g + C for our shared-prompt layout and P + C for TRL's one row per
+      sample. TRL RLOO's extra no-grad pass of the policy (its `old_per_token_logps`,
+      not needed at one update per batch) is not counted, as gradient checkpointing's
+      recomputation is not in the offline presets: work done that is not progress;
+    - the breakdown of the step's wall time, from timers wrapped around the trainers'
+      methods (no library code edited): generation, judging (ours: decoding included; TRL:
+      decoding is in its generation), reference forward, policy forward (with grad),
+      backward, other no-grad policy forwards (TRL RLOO), the rest of `training_step`
+      (batching, loss, metrics), the optimizer step, and the rest of the loop (gradient
+      clipping, logging, data loading)."""
+
+    prompts: int  # per step
+    k: int  # samples per prompt
+    max_new_tokens: int
+    steps: int
+    beta: float = 0.04
+    learning_rate: float = 1e-6
+    temperature: float = 1.0
+    max_prompt_length: int = 64
+    data: str = "recipes/smollm2-135m/data/train.jsonl"  # only the prompts are used
+    reward: str = "alignment.tasks.chat_addition:score"
+    device: str = "cpu"
+    dtype: str = "float32"
+    note: str = ""
+
+
+ONLINE_PRESETS = {
+    "grpo-smollm2-cpu": OnlinePreset(
+        prompts=4,
+        k=4,
+        max_new_tokens=24,
+        steps=6,
+        note="SmolLM2-135M-Instruct (real weights), chat-addition prompts, reward chat_addition.score",
+    ),
+}
+# run -> (trainer, loss): ours under the registry's name, TRL's trainer for that loss.
+ONLINE_RUNS = {
+    "ours": ("ours", "grpo"),
+    "ours-rloo": ("ours", "rloo"),
+    "trl-grpo": ("trl", "grpo"),
+    "trl-rloo": ("trl", "rloo"),
+}
+ONLINE_PAIRS = (("ours", "trl-grpo"), ("ours-rloo", "trl-rloo"), ("ours", "trl-rloo"))  # ours / TRL
+BREAKDOWN = (
+    "generation",
+    "judging",
+    "reference forward",
+    "policy forward",
+    "backward",
+    "old-policy forward",
+    "rest of training_step",
+    "optimizer step",
+    "rest of the loop",
+)
+
+
+def build_online_assets(preset: OnlinePreset, directory: Path, steps: int) -> int:
+    """The checkpoint (linked) and `prompts.jsonl`: the first steps x prompts chat prompts."""
+    from alignment.gguf import smollm2_checkpoint
+
+    (directory / "model").symlink_to(smollm2_checkpoint())
+    rows = [json.loads(line) for line in (ROOT / preset.data).read_text().splitlines() if line.strip()]
+    wanted = steps * preset.prompts
+    if wanted > len(rows):
+        raise SystemExit(f"benchmark: {steps} steps need {wanted} prompts; {preset.data} has {len(rows)}")
+    with open(directory / "prompts.jsonl", "w") as f:
+        f.writelines(json.dumps({"prompt": r["prompt"]}) + "\n" for r in rows[:wanted])
+    return wanted
+
+
+def online_recipe(preset: OnlinePreset, directory: Path) -> dict:
+    """Our side as a recipe, read the way `scripts/train.py` reads one; the run's loss,
+    steps and output directory are `--section.key=value` overrides."""
+    return {
+        "model": {"name_or_path": str(directory / "model"), "dtype": preset.dtype},
+        "data": {"train": [str(directory / "prompts.jsonl")], "max_prompt_length": preset.max_prompt_length},
+        "reference": {"type": "model"},
+        "loss": {"name": "grpo", "beta": preset.beta},
+        "online": {
+            "sampler": "policy",
+            "num_samples": preset.k,
+            "judge": {"type": "reward_function", "function": preset.reward},
+            "max_new_tokens": preset.max_new_tokens,
+            "temperature": preset.temperature,
+        },
+        "training": {
+            "output_dir": str(directory / "ours"),
+            "max_steps": preset.steps,
+            "per_device_train_batch_size": preset.prompts,
+            "learning_rate": preset.learning_rate,
+            "lr_scheduler_type": "constant",
+            "optim": "adamw_torch",
+            "logging_steps": 1,
+            "save_strategy": "no",
+            "report_to": "none",
+            "seed": 0,
+            "use_cpu": preset.device == "cpu",
+            "disable_tqdm": True,
+        },
+    }
+
+
+class StepTimers:
+    """Wall seconds per part of the step, summed, from wrapped methods; and what was sampled."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+        self.generation_calls: list[dict] = []  # per batch drawn: seconds, decode steps, samples
+        self.last = 0.0
+        self.samples = self.prompt_tokens = self.group_prompt_tokens = self.completion_tokens = 0
+
+    def wrap(self, owner, name: str, part: str | Callable[..., str | None], after: Callable | None = None) -> None:
+        """`owner.name` timed under `part`: a name, or a function of the call's arguments
+        giving one (None: not timed). `after(args, kwargs, result)` sees every call."""
+        original = getattr(owner, name, None)
+        if not callable(original):
+            raise SystemExit(
+                f"benchmark: {type(owner).__name__} has no method {name!r}, which the step breakdown "
+                "times; update the wrapped names in scripts/benchmark.py"
+            )
+
+        def timed(*args, **kwargs):
+            key = part(*args, **kwargs) if callable(part) else part
+            start = time.perf_counter()
+            result = original(*args, **kwargs)
+            self.last = time.perf_counter() - start
+            if key is not None:
+                self.seconds[key] += self.last
+                self.calls[key] += 1
+            if after is not None:
+                after(args, kwargs, result)
+            return result
+
+        setattr(owner, name, timed)
+
+    def sampled(
+        self, samples: int, prompt_tokens: int, group_prompt_tokens: int, completion_tokens: int, longest: int
+    ) -> None:
+        """A batch drawn (called right after it, so `last` is its time): its samples,
+        their prompt tokens (once per sample and once per prompt), their completion tokens
+        and the longest completion (the number of decoding steps the batch took)."""
+        self.samples += samples
+        self.prompt_tokens += prompt_tokens
+        self.group_prompt_tokens += group_prompt_tokens
+        self.completion_tokens += completion_tokens
+        self.generation_calls.append({"s": self.last, "decode_steps": longest, "samples": samples})
+
+    def callback(self):
+        """A TrainerCallback timing the optimizer step (between transformers' two hooks)."""
+        from transformers import TrainerCallback
+
+        timers = self
+
+        class OptimizerTimer(TrainerCallback):
+            start = 0.0
+
+            def on_pre_optimizer_step(self, args, state, control, **kwargs):
+                self.start = time.perf_counter()
+
+            def on_optimizer_step(self, args, state, control, **kwargs):
+                timers.seconds["optimizer step"] += time.perf_counter() - self.start
+                timers.calls["optimizer step"] += 1
+
+        return OptimizerTimer()
+
+    def breakdown(self, wall: float) -> dict[str, float]:
+        """Seconds per part of `BREAKDOWN`; the parts add up to `wall`."""
+        s = self.seconds
+        timed = ("generation", "judging", "reference forward", "policy forward", "backward", "old-policy forward")
+        parts = {name: s.get(name, 0.0) for name in timed}
+        parts["rest of training_step"] = s["step"] - sum(parts.values())
+        parts["optimizer step"] = s.get("optimizer step", 0.0)
+        parts["rest of the loop"] = wall - s["step"] - parts["optimizer step"]
+        return parts
+
+
+def _uses_grad(*args, **kwargs) -> str | None:
+    import torch
+
+    return "policy forward" if torch.is_grad_enabled() else None
+
+
+def run_ours_online(preset: OnlinePreset, directory: Path, run: str, loss: str, steps: int) -> dict:
+    import yaml
+    from transformers import set_seed
+
+    from alignment.config import load_config
+    from alignment.logprobs import resolve_strategy
+    from alignment.run import build_trainer
+
+    recipe = directory / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(online_recipe(preset, directory), sort_keys=False))
+    overrides = [f"--loss.name={loss}", f"--training.max_steps={steps}", f"--training.output_dir={directory / run}"]
+    config = load_config(recipe, overrides)
+    training_args = config.training_arguments()
+    set_seed(training_args.seed)
+    trainer, _ = build_trainer(config, training_args)
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    loaded = current_rss_gb()
+
+    timers = StepTimers()
+
+    def drawn(args, kwargs, samples) -> None:
+        inputs = next(a for a in (*args, *kwargs.values()) if isinstance(a, Mapping) and "prompt_attention_mask" in a)
+        rows, k = samples.lengths.shape
+        prompt = int(inputs["prompt_attention_mask"].sum())
+        lengths = samples.lengths
+        timers.sampled(rows * k, prompt * k, prompt, int(lengths.sum()), int(lengths.max()))
+
+    timers.wrap(trainer, "training_step", "step")
+    timers.wrap(trainer, "_draw", "generation", after=drawn)
+    timers.wrap(trainer, "_judge", "judging")
+    timers.wrap(trainer.reference, "logps", "reference forward")
+    timers.wrap(trainer, "_forward", _uses_grad)  # the reference's passes run it under no_grad
+    timers.wrap(trainer.accelerator, "backward", "backward")
+    trainer.add_callback(timers.callback())
+    start = time.perf_counter()
+    trainer.prepare_reference()  # nothing to do for a live reference
+    trainer.train()
+    wall = time.perf_counter() - start
+    strategy = resolve_strategy(trainer.model, training_args.forward)
+    shared = strategy == "shared_prompt"  # each prompt computed once for its K samples
+    outcome = _online_outcome(trainer, policy, timers, wall, "online/reward", shared_prompt=shared)
+    return {**outcome, "forward": strategy, "rss_after_loading_gb": loaded}
+
+
+def trl_reward(name: str) -> Callable:
+    """The score function `module:function` (prompts, completion texts) as a TRL reward
+    function: TRL gives a conversational prompt's completions as lists of messages."""
+    import importlib
+
+    module, function = name.split(":")
+    score = getattr(importlib.import_module(module), function)
+
+    def reward(prompts, completions, **kwargs):
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        return score(prompts, texts)
+
+    reward.__name__ = function
+    return reward
+
+
+def run_trl_online(preset: OnlinePreset, directory: Path, run: str, loss: str, steps: int) -> dict:
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+
+    config_class, trainer_class = {"grpo": (GRPOConfig, GRPOTrainer), "rloo": (RLOOConfig, RLOOTrainer)}[loss]
+    # Our `grpo` is TRL's loss_type "grpo" without the KL's bias correction (TRL's default is on).
+    extra = {"loss_type": "grpo", "use_bias_correction_kl": False} if loss == "grpo" else {}
+    args = config_class(
+        output_dir=str(directory / run),
+        max_steps=steps,
+        per_device_train_batch_size=preset.prompts * preset.k,  # TRL counts completions
+        num_generations=preset.k,
+        max_completion_length=preset.max_new_tokens,
+        temperature=preset.temperature,
+        beta=preset.beta,
+        learning_rate=preset.learning_rate,
+        lr_scheduler_type="constant",
+        optim="adamw_torch",
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=0,
+        use_cpu=preset.device == "cpu",
+        bf16=preset.dtype == "bfloat16",
+        gradient_checkpointing=False,
+        use_vllm=False,
+        disable_tqdm=True,
+        **extra,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(directory / "model")
+    policy = AutoModelForCausalLM.from_pretrained(directory / "model", dtype=getattr(torch, preset.dtype))
+    rows = datasets.load_dataset("json", data_files=str(directory / "prompts.jsonl"), split="train")
+    trainer = trainer_class(
+        model=policy, reward_funcs=trl_reward(preset.reward), args=args, train_dataset=rows, processing_class=tokenizer
+    )
+
+    loaded = current_rss_gb()
+    timers = StepTimers()
+
+    def generated(args, kwargs, result) -> None:
+        prompt_ids, completion_ids = result[0], result[1]  # one prompt per sample, each prompt's K in a row
+        prompt = sum(map(len, prompt_ids))
+        group = sum(map(len, prompt_ids[:: preset.k]))
+        lengths = list(map(len, completion_ids))
+        timers.sampled(len(completion_ids), prompt, group, sum(lengths), max(lengths))
+
+    def logps_part(model, *args, **kwargs) -> str:
+        if torch.is_grad_enabled():
+            return "policy forward"
+        return "reference forward" if model is trainer.ref_model else "old-policy forward"
+
+    timers.wrap(trainer, "training_step", "step")
+    timers.wrap(trainer, "_generate", "generation", after=generated)
+    timers.wrap(trainer, "_calculate_rewards", "judging")
+    timers.wrap(trainer, "_get_per_token_logps_and_entropies", logps_part)
+    timers.wrap(trainer.accelerator, "backward", "backward")
+    trainer.add_callback(timers.callback())
+    start = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - start
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    outcome = _online_outcome(trainer, policy, timers, wall, "reward", shared_prompt=False)
+    return {**outcome, "forward": "one row per sample", "rss_after_loading_gb": loaded}
+
+
+def current_rss_gb() -> float:
+    """The process's resident memory now (Linux), in GiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 2**20  # kB
+    return float("nan")
+
+
+def _online_outcome(trainer, policy, timers: StepTimers, wall: float, reward_key: str, shared_prompt: bool) -> dict:
+    """The run's figures; FLOPs as `OnlinePreset` says: generation + reference forward +
+    policy forward and backward, in the layout the run trains with."""
+    import torch
+
+    shape, completion = Shape.of(policy), timers.completion_tokens
+    generation = online_forward_flops(shape, timers.prompt_tokens + completion, completion)
+    trained_prompt = timers.group_prompt_tokens if shared_prompt else timers.prompt_tokens
+    training = online_forward_flops(shape, trained_prompt + completion, completion)
+    rewards = [entry[reward_key] for entry in trainer.state.log_history if reward_key in entry]
+    return {
+        "wall_s": wall,
+        "steps": trainer.state.global_step,
+        "samples": timers.samples,
+        "prompt_tokens": timers.prompt_tokens,
+        "group_prompt_tokens": timers.group_prompt_tokens,
+        "completion_tokens": completion,
+        "samples_per_s": timers.samples / wall,
+        "tokens_per_s": completion / wall,
+        "flops": generation + (1 + 3) * training,  # the reference's forward, the policy's forward and backward
+        "flops_generation": generation,
+        "mean_reward": sum(rewards) / len(rewards) if rewards else None,
+        "breakdown_s": timers.breakdown(wall),
+        "generation_calls": timers.generation_calls,
+        "calls": dict(timers.calls),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def online_worker(run: str, preset_name: str, directory: Path, result: Path, steps: int) -> None:
+    import torch
+
+    preset = ONLINE_PRESETS[preset_name]
+    side, loss = ONLINE_RUNS[run]
+    runner = run_ours_online if side == "ours" else run_trl_online
+    dtype = getattr(torch, preset.dtype)
+    before = matmul_peak(preset.device, dtype, seconds=1.5)  # a noise check: the machine's state around the run
+    outcome = runner(preset, directory, run, loss, steps)
+    outcome["matmul_peak_around_tflops"] = [before / 1e12, matmul_peak(preset.device, dtype, seconds=1.5) / 1e12]
+    outcome["peak_memory_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    outcome["memory_kind"] = "peak RSS"
+    outcome["achieved_tflops"] = outcome["flops"] / outcome["wall_s"] / 1e12
+    result.write_text(json.dumps(outcome))
+
+
+def online_markdown(summary: dict) -> str:
+    lines = [
+        "| run | loss | wall (s) | samples/s | completion tokens/s | peak RSS (GiB) | RSS before training (GiB) "
+        "| achieved TFLOP/s | of peak | matmul peak before / after (TFLOP/s) | mean reward |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run, r in summary["runs"].items():
+        reward = "" if r["mean_reward"] is None else f"{r['mean_reward']:.3f}"
+        before, after = r["matmul_peak_around_tflops"]
+        lines.append(
+            f"| {run} | {ONLINE_RUNS[run][1]} | {r['wall_s']:.1f} | {r['samples_per_s']:.3f} | "
+            f"{r['tokens_per_s']:.1f} | {r['peak_memory_gb']:.2f} | {r['rss_after_loading_gb']:.2f} | "
+            f"{r['achieved_tflops']:.4f} | "
+            f"{100 * r['of_peak']:.1f}% | {before:.3f} / {after:.3f} | {reward} |"
+        )
+    lines.append(f"\nmeasured matmul peak: {summary['matmul_peak_tflops']:.4f} TFLOP/s ({summary['dtype']})")
+    if summary.get("ratios"):
+        lines += ["", "| ours / TRL | samples/s | wall | peak RSS |", "|---|---|---|---|"]
+        for name, q in summary["ratios"].items():
+            lines.append(f"| {name} | x{q['samples_per_s']:.2f} | x{q['wall']:.2f} | x{q['peak_memory']:.2f} |")
+    runs = list(summary["runs"])
+    lines += ["", "| part of the step (s, % of wall) | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
+    for part in BREAKDOWN:
+        cells = []
+        for run in runs:
+            r = summary["runs"][run]
+            seconds = r["breakdown_s"][part]
+            cells.append(f"{seconds:.1f} ({100 * seconds / r['wall_s']:.0f}%)")
+        lines.append(f"| {part} | " + " | ".join(cells) + " |")
+    cells = []
+    for run in runs:
+        calls = summary["runs"][run]["generation_calls"]
+        steps = sum(c["decode_steps"] for c in calls)
+        cells.append(f"{sum(c['s'] for c in calls) / max(steps, 1):.3f} ({steps} steps)")
+    lines.append("| generation s per decoding step | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main_online(args, argv: list[str] | None) -> int:
+    preset = ONLINE_PRESETS[args.preset]
+    steps = args.steps or preset.steps
+    runs = args.runs.split(",") if args.runs else list(ONLINE_RUNS)
+    unknown = [r for r in runs if r not in ONLINE_RUNS]
+    if unknown:
+        raise SystemExit(f"benchmark: unknown run {unknown[0]!r} for {args.preset}; runs: {', '.join(ONLINE_RUNS)}")
+    results: dict[str, dict] = {}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        prompts = build_online_assets(preset, directory, steps)
+        peak = measured_peak(preset)
+        print(f"matmul peak ({preset.device}, {preset.dtype}): {peak / 1e12:.3f} TFLOP/s", flush=True)
+        for run in runs:
+            # A previous job's pending writes (a saved model) are flushed now, not during a run.
+            os.sync()
+            result = directory / f"{run}.json"
+            cmd = [sys.executable, __file__, "--preset", args.preset, "--worker", run, "--dir", tmp]
+            cmd += ["--result", str(result), "--steps", str(steps)]
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                print(proc.stdout[-3000:], proc.stderr[-5000:], file=sys.stderr)
+                raise SystemExit(f"benchmark run {run!r} failed ({proc.returncode})")
+            results[run] = json.loads(result.read_text())
+            print(f"{run}: {results[run]}", flush=True)
+
+    for r in results.values():
+        r["of_peak"] = r["achieved_tflops"] * 1e12 / peak
+    ratios = {}
+    for ours, trl in ONLINE_PAIRS:
+        if ours in results and trl in results:
+            a, b = results[ours], results[trl]
+            ratios[f"{ours} / {trl}"] = {
+                "samples_per_s": a["samples_per_s"] / b["samples_per_s"],
+                "tokens_per_s": a["tokens_per_s"] / b["tokens_per_s"],
+                "wall": a["wall_s"] / b["wall_s"],
+                "peak_memory": a["peak_memory_gb"] / b["peak_memory_gb"],
+            }
+    summary = {
+        "preset": args.preset,
+        **run_context(argv),
+        **asdict(preset),
+        "steps": steps,
+        "prompts_used": prompts,
+        "matmul_peak_tflops": peak / 1e12,
+        "runs": results,
+        "ratios": ratios,
+    }
+    if "ours / trl-grpo" in ratios:
+        q = ratios["ours / trl-grpo"]
+        summary["target"] = {
+            "samples_per_s_at_least": 3.0,
+            "peak_memory_at_most": 0.6,
+            "met": q["samples_per_s"] >= 3.0 and q["peak_memory"] <= 0.6,
+        }
+    out = Path(args.out or ROOT / "benchmarks" / f"{args.preset}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2) + "\n")
+    print(online_markdown(summary))
+    return 0
+
+
+def run_context(argv: list[str] | None) -> dict:
+    """What reproduces a result: the command, the commit, the versions, the threads and the machine."""
+    import torch
+    import transformers
+    import trl
+
+    def git(*command: str) -> str:
+        try:
+            out = subprocess.run(["git", *command], cwd=ROOT, capture_output=True, text=True, check=True)
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+        return out.stdout.strip()
+
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [
+        line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+    ]
+    cpu = names[0] if cpuinfo.exists() and names else platform.processor()
+    return {
+        "command": " ".join(["python", "scripts/benchmark.py", *(sys.argv[1:] if argv is None else argv)]),
+        "date": date.today().isoformat(),
+        "commit": git("rev-parse", "HEAD"),
+        "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "trl": trl.__version__,
+        },
+        "torch_threads": torch.get_num_threads(),
+        "machine": {"cpu": cpu, "cores": os.cpu_count()},
+    }
+
+
 # ----------------------------------------------------------------------------- driver
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small")
-    parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated subset of {', '.join(RUNS)}")
+    parser.add_argument("--preset", choices=sorted(PRESETS) + sorted(ONLINE_PRESETS), default="cpu-small")
+    parser.add_argument(
+        "--runs",
+        default=None,
+        help=f"comma-separated subset of {', '.join(RUNS)} (online presets: {', '.join(ONLINE_RUNS)}); default all",
+    )
     parser.add_argument("--out", default=None, help="JSON result file (default: benchmarks/<preset>.json)")
-    parser.add_argument("--worker", choices=RUNS, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--steps", type=int, default=None, help="online presets: optimizer steps (default the preset's)"
+    )
+    parser.add_argument("--worker", choices=RUNS + tuple(ONLINE_RUNS), help=argparse.SUPPRESS)
     parser.add_argument("--dir", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--tokens", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.preset in ONLINE_PRESETS:
+        if args.worker:
+            online_worker(args.worker, args.preset, Path(args.dir), Path(args.result), args.steps)
+            return 0
+        return main_online(args, argv)
+    if args.steps is not None:
+        parser.error("--steps applies to the online presets only")
     if args.worker:
         worker(args.worker, args.preset, Path(args.dir), Path(args.result), args.tokens)
         return 0
 
     preset = PRESETS[args.preset]
-    runs = args.runs.split(",")
+    runs = (args.runs or ",".join(RUNS)).split(",")
     results: dict[str, dict] = {}
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     with tempfile.TemporaryDirectory() as tmp:
@@ -416,6 +974,7 @@ def main(argv: list[str] | None = None) -> int:
         r["of_peak"] = r["achieved_tflops"] * 1e12 / peak
     summary = {
         "preset": args.preset,
+        **run_context(argv),
         **asdict(preset),
         "real_tokens": tokens,
         "matmul_peak_tflops": peak / 1e12,

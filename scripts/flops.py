@@ -84,6 +84,16 @@ def trl_forward_flops(shape: Shape, batches: Iterable[Mapping[str, torch.Tensor]
     return sum(shape.forward(*b["input_ids"].shape, head_positions=b["input_ids"].numel()) for b in batches)
 
 
+def online_forward_flops(shape: Shape, positions: int, completion_tokens: int) -> int:
+    """One forward of a causal LM over sampled sequences: 2 * P_body per real token
+    position computed (`positions`: the prompt tokens as often as the layout computes
+    them, plus the completion tokens; padding is the caller's to leave out) + 2 * hidden *
+    vocab per completion token (the positions whose next-token distribution or log-prob
+    is needed). Attention scores are left out: at widths under 150 tokens they are a few
+    percent of the body on SmolLM2."""
+    return 2 * shape.body_weights * positions + 2 * shape.hidden * shape.vocab * completion_tokens
+
+
 def matmul_peak(device: str, dtype: torch.dtype, size: int = 2048, seconds: float = 3.0) -> float:
     """Measured FLOP/s of a square matmul, the best of repeated timings over ~`seconds`."""
     a = torch.randn(size, size, device=device, dtype=dtype)

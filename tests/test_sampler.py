@@ -218,3 +218,24 @@ def test_generation_leaves_the_model_as_it_was(models, prompts):
     sample(ModelStream(policy), ModelStream(reference), ids, mask, 0.5, settings(3))
     assert all(torch.equal(before[k], v) for k, v in policy.state_dict().items())
     policy.eval()
+
+
+@pytest.mark.parametrize("coef", [0.0, 0.5])
+def test_a_prompt_is_prefilled_once_for_its_samples(models, prompts, coef):
+    """`repeats` runs each prompt once and repeats its KV cache: the same next-token
+    distributions, step by step, and the same tokens under one seed, as running the
+    prompt once per sample; the LM head computes only the last position at prefill."""
+    policy, reference = models
+    ids, mask = prompts
+
+    def drawn(repeats: int, ids: torch.Tensor, mask: torch.Tensor):
+        torch.manual_seed(0)
+        streams = ModelStream(policy), ModelStream(reference)
+        return sample(*streams, ids, mask, coef, settings(), record_distributions=True, repeats=repeats)
+
+    once = drawn(3, ids, mask)
+    per_sample = drawn(1, ids.repeat_interleave(3, 0), mask.repeat_interleave(3, 0))
+    assert torch.equal(once.completion_ids, per_sample.completion_ids)
+    for a, b in zip(once.distributions, per_sample.distributions, strict=True):
+        assert_float32_close(a, b)
+    assert ModelStream(policy).last_logits_only  # a transformers model: logits_to_keep=1 at prefill

@@ -16,6 +16,7 @@ each forward, so the two caches never mix even when the weights are shared."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,8 +62,11 @@ class ModelStream:
         self.model = model
         self.context = context or contextlib.nullcontext
         self.cache: Any = None
+        # Only the last position's logits are needed: the LM head skips the prompt's others.
+        self.last_logits_only = _takes(model, "logits_to_keep")
 
     def _forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor) -> Tensor:
+        extra = {"logits_to_keep": 1} if self.last_logits_only else {}
         with self.context():
             out = self.model(
                 input_ids=input_ids,
@@ -70,15 +74,27 @@ class ModelStream:
                 position_ids=position_ids,
                 past_key_values=self.cache,
                 use_cache=True,
+                **extra,
             )
         self.cache = out.past_key_values
         return out.logits[:, -1].float()
 
-    def start(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """Run the (left-padded) prompts; return the next-token logits [B, V]."""
+    def start(self, input_ids: Tensor, attention_mask: Tensor, repeats: int = 1) -> Tensor:
+        """Run the (left-padded) prompts; return the next-token logits [B * repeats, V],
+        each prompt's `repeats` times in a row. A prompt is run once and its KV cache
+        repeated, rather than run once per sample."""
         self.cache = None
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        return self._forward(input_ids, attention_mask, position_ids)
+        logits = self._forward(input_ids, attention_mask, position_ids)
+        if repeats > 1:
+            if hasattr(self.cache, "batch_repeat_interleave"):
+                self.cache.batch_repeat_interleave(repeats)
+            else:  # a cache that cannot be repeated: run each sample's prompt
+                self.cache = None
+                repeated = (t.repeat_interleave(repeats, 0) for t in (input_ids, attention_mask, position_ids))
+                return self._forward(*repeated)
+            logits = logits.repeat_interleave(repeats, 0)
+        return logits
 
     def step(self, tokens: Tensor, attention_mask: Tensor) -> Tensor:
         """Feed one token per row (attention_mask covers prompt + all fed tokens)."""
@@ -138,8 +154,10 @@ def sample(
     settings: GenerationSettings,
     generator: torch.Generator | None = None,
     record_distributions: bool = False,
+    repeats: int = 1,
 ) -> Samples:
-    """Sample one completion per prompt from the m = `coef` geometric mixture.
+    """Sample `repeats` completions per prompt (rows b * repeats + j) from the m = `coef`
+    geometric mixture.
 
     Prompts come right-padded (the collator's layout). Only the streams the mixture
     needs are run: the policy for m < 1, the reference for m > 0."""
@@ -149,7 +167,8 @@ def sample(
     if coef > 0.0:
         streams["reference"] = _required(reference, "reference", coef)
     ids, mask = left_pad(prompt_ids, prompt_mask, settings.pad_token_id)
-    logits = {name: stream.start(ids, mask) for name, stream in streams.items()}
+    logits = {name: stream.start(ids, mask, repeats) for name, stream in streams.items()}
+    ids, mask = ids.repeat_interleave(repeats, 0), mask.repeat_interleave(repeats, 0)
 
     batch = ids.size(0)
     eos = torch.tensor(settings.eos_token_ids, device=ids.device, dtype=torch.long)
@@ -176,6 +195,21 @@ def sample(
         completion_mask=torch.stack(alive, 1).long(),
         finished=finished,
         distributions=distributions,
+    )
+
+
+def _takes(model: nn.Module, keyword: str) -> bool:
+    """Whether `model`'s forward accepts `keyword` (by name, or through **kwargs, as a PEFT
+    wrapper passing it on to a transformers model)."""
+    try:
+        parameters = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    if keyword in parameters:
+        return True
+    inner = getattr(model, "get_base_model", None)
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()) and (
+        inner is not None and _takes(inner(), keyword)
     )
 
 
@@ -267,15 +301,7 @@ def draw(
     parts: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
     for sampler, members in groups.items():
         n = len(members)
-        drawn = sample(
-            policy,
-            reference,
-            prompt_ids.repeat_interleave(n, 0),
-            prompt_mask.repeat_interleave(n, 0),
-            sampler.coef,
-            settings,
-            generator,
-        )
+        drawn = sample(policy, reference, prompt_ids, prompt_mask, sampler.coef, settings, generator, repeats=n)
         for j, slot in enumerate(members):
             rows = slice(j, None, n)  # row b * n + j is prompt b's j-th sample of this sampler
             parts[slot] = (drawn.completion_ids[rows], drawn.completion_mask[rows], drawn.finished[rows])
