@@ -170,7 +170,7 @@ def test_a_judge_is_asked_each_pair_once_or_each_completion_once():
             return [float(len(a) > len(b)) + 0.5 * (len(a) == len(b)) for a, b in pairs]
 
     class Length(RewardJudge):
-        def _rewards(self, prompts, completions, context):
+        def _rewards(self, prompts, completions):  # the form from before the context: still called
             calls.append(len(completions))
             return [float(len(c)) for c in completions]
 

@@ -12,6 +12,7 @@ bad judge fails loudly, naming itself, instead of quietly turning into a wrong l
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import inspect
 import logging
@@ -145,7 +146,10 @@ class RewardJudge(Judge):
             raise ValueError(f"{self.name}: {len(prompts)} prompts but {len(completions)} completions")
         if not prompts:
             return torch.empty(0, dtype=torch.float32)
-        values = self._rewards(list(prompts), list(completions), dict(context or {}))
+        if _positional_count(type(self)._rewards) >= 4:
+            values = self._rewards(list(prompts), list(completions), dict(context or {}))
+        else:  # a subclass written before the context: `_rewards(prompts, completions)`
+            values = self._rewards(list(prompts), list(completions))  # type: ignore[call-arg]
         return self._checked(values, len(prompts), probabilities=False, missing=self.missing_allowed)
 
     def _rewards(self, prompts: list[Prompt], completions: list[str], context: dict[str, Any]) -> Any:
@@ -183,6 +187,17 @@ class RewardFunctionJudge(RewardJudge):
             return self.function(**{k: v for k, v in given.items() if self.accepts is None or k in self.accepts})
         except Exception as e:  # user code: say whose code failed, keep the cause chained
             raise JudgeError(f"{self.name} raised {type(e).__name__}: {e}") from e
+
+
+@functools.cache
+def _positional_count(method: Callable[..., Any]) -> int:
+    """How many positional parameters `method` takes (self included); many, with *args."""
+    parameters = inspect.signature(method).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters):
+        return 99
+    return sum(
+        p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) for p in parameters
+    )
 
 
 def _keyword_parameters(function: Callable[..., Any]) -> tuple[bool, frozenset[str] | None]:
