@@ -87,6 +87,12 @@ def versions() -> dict[str, str]:
 # ----------------------------------------------------------------------------- ours
 
 
+def _shown(path: Path) -> str:
+    """`path` relative to the repository when inside it, so the recorded JSON holds no
+    machine's absolute paths."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def run_ours(recipe: str, output_dir: Path, threads: int, overrides: list[str]) -> dict:
     """The recipe as a user launches it; the whole wall time and its own results."""
     command = [
@@ -97,7 +103,7 @@ def run_ours(recipe: str, output_dir: Path, threads: int, overrides: list[str]) 
         "scripts/train.py",
         "--config",
         recipe,
-        f"--training.output_dir={output_dir}",
+        f"--training.output_dir={_shown(output_dir)}",
         *overrides,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
@@ -122,7 +128,7 @@ def read_ours(output_dir: Path) -> dict:
         "steps": state["global_step"],
         "train_s": round(train["train_runtime"], 1),
         "reward_by_step": [round(e["online/reward"], 4) for e in state["log_history"] if "online/reward" in e],
-        "output_dir": str(output_dir),
+        "output_dir": _shown(output_dir),
     }
 
 

@@ -24,7 +24,6 @@ JUDGE_TYPES = ("callable", "reward_function", "reward_model", "pairwise", "vpl",
 BUILTIN_REWARDS = ("format", "overlong", "exact_match")
 # Judges of one scalar reward per completion: the ones a list of judges may hold (their rewards are summed).
 REWARD_JUDGES = ("reward_function", "reward_model", "vpl", *BUILTIN_REWARDS)
-AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
 
 
 @dataclass
@@ -166,10 +165,6 @@ class JudgeConfig:
                     f"online.judge.max_completion_length ({self.max_completion_length}) must exceed "
                     f"soft_punish_cache ({self.soft_punish_cache})"
                 )
-
-    @property
-    def gives_rewards(self) -> bool:
-        return self.type in REWARD_JUDGES
 
 
 @dataclass
