@@ -1,6 +1,7 @@
 """The `alignment` command: `alignment train --config RECIPE.yaml [--section.key=value ...]`,
-`alignment validate --config RECIPE.yaml`, `alignment plot OUTPUT_DIR`, `alignment losses`
-and `alignment merge ADAPTER_DIR OUTPUT_DIR`."""
+`alignment validate --config RECIPE.yaml`, `alignment plot OUTPUT_DIR`, `alignment losses`,
+`alignment merge ADAPTER_DIR OUTPUT_DIR` and `alignment vllm-serve --model MODEL` (a vLLM
+generation server for online training)."""
 
 from __future__ import annotations
 
@@ -88,6 +89,12 @@ def validate_main(argv: list[str]) -> int:
     return run_validate(argv)
 
 
+def vllm_serve_main(argv: list[str]) -> int:
+    from alignment.online.engines.vllm_server import serve_main  # start-up time (above)
+
+    return serve_main(argv)
+
+
 def plot_main(argv: list[str]) -> int:
     from alignment.tools.plot import plot_main as run_plot  # start-up time (above)
 
@@ -100,6 +107,7 @@ COMMANDS = {
     "merge": merge_main,
     "validate": validate_main,
     "plot": plot_main,
+    "vllm-serve": vllm_serve_main,
 }
 
 

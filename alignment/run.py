@@ -20,6 +20,7 @@ from alignment.config.loading import CONFIG_FILENAME
 from alignment.data import build_datasets
 from alignment.data.prompts import build_prompt_datasets
 from alignment.models import load_policy, load_tokenizer
+from alignment.online.engines import build_engine
 from alignment.online.evaluation import GenerationEvaluation, evaluation_prompts
 from alignment.online.judges import build_judge
 from alignment.online.sampler import eos_ids
@@ -62,6 +63,17 @@ def setup_logging(training_args) -> None:
 
 
 def train(config: Config) -> dict[str, float]:
+    trainer_box: list = []  # the trainer once built: its generation engine is closed at the end, whatever happens
+    try:
+        return _train(config, trainer_box)
+    finally:
+        for trainer in trainer_box:
+            close = getattr(trainer, "close_engine", None)  # a judge's trainer has no engine
+            if close is not None:
+                close()
+
+
+def _train(config: Config, trainer_box: list) -> dict[str, float]:
     training_args = config.training_arguments()
     setup_logging(training_args)
     resolved = dump_config(config)
@@ -86,6 +98,7 @@ def train(config: Config) -> dict[str, float]:
         if not_shared is not None:
             raise ConfigError(not_shared)
         trainer, data = build_trainer(config, training_args)
+        trainer_box.append(trainer)
         # A disk too small for one checkpoint fails now, not at the first save.
         policy = trainer.accelerator.unwrap_model(trainer.model)
         check_free_space(policy, training_args)
@@ -165,7 +178,12 @@ def build_trainer(config: Config, training_args):
     if config.online is None:
         trainer = PreferenceTrainer(**common)
     else:
-        trainer = OnlineTrainer(judge=judge, online=config.online, **common)
+        engine = build_engine(config.online, model, training_args, generation_lengths(config))
+        try:
+            trainer = OnlineTrainer(judge=judge, online=config.online, engine=engine, **common)
+        except BaseException:
+            engine.close()  # an in-process vLLM left open would hold its memory and distributed state
+            raise
     del reference  # the trainer holds the prepared strategy (and a precompute pass frees its source)
     if config.evaluation is not None:
         trainer.generation_eval = generation_evaluation(config, training_args, tokenizer, model)
@@ -191,6 +209,15 @@ def build_data(config: Config, training_args, tokenizer):
             if data.test is not None:
                 data.test, users = add_user_contexts(data.test, n, seed + 1, "test")
     return data, users
+
+
+def generation_lengths(config: Config) -> int:
+    """The longest prompt + completion an engine must hold: the prompt limit and the
+    longest of the online, online-evaluation and `evaluation:` completions."""
+    online, evaluation = config.online, config.evaluation
+    new = max(online.max_new_tokens, online.eval_max_new_tokens or 0, evaluation.max_new_tokens if evaluation else 0)
+    prompt = config.data.max_prompt_length or config.data.max_length or 2048
+    return prompt + new
 
 
 def generation_evaluation(config: Config, training_args, tokenizer, model) -> GenerationEvaluation:

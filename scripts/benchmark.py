@@ -5,6 +5,8 @@
     python scripts/benchmark.py --preset gpu-0.5b            # on a GPU
     python scripts/benchmark.py --preset gpu-8b-qlora-24gb   # on a GPU, 4-bit + LoRA
     python scripts/benchmark.py --preset grpo-smollm2-cpu    # online: ours vs TRL's GRPOTrainer, RLOOTrainer
+    <vllm env>/bin/python scripts/benchmark.py --preset grpo-smollm2-cpu --runs ours \
+        --engine native,vllm --dtype float32,bfloat16     # ours' generation engines, in vLLM's environment
 
 Every run trains the same model (built from a config with seeded random weights, so
 nothing is downloaded) on the same synthetic data, with the same batch, max_length,
@@ -30,6 +32,7 @@ The online preset `grpo-smollm2-cpu` (GRPOTrainer, RLOOTrainer) is described in 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import platform
@@ -41,7 +44,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import date
 from itertools import combinations
 from pathlib import Path
@@ -417,7 +420,21 @@ class OnlinePreset:
       decoding is in its generation), reference forward, policy forward (with grad),
       backward, other no-grad policy forwards (TRL RLOO), the rest of `training_step`
       (batching, loss, metrics), the optimizer step, and the rest of the loop (gradient
-      clipping, logging, data loading)."""
+      clipping, logging, data loading).
+
+    Generation engines (`--engine native,vllm`, our runs only): `vllm` sets the recipe's
+    `online.engine: vllm` (colocated: vLLM in the worker's process, `vllm_dtype: auto`, so
+    it samples in the policy's dtype) and `online.vllm_cpu_kvcache_space_gib`
+    (`--vllm-kvcache-gib`); the trainer is built as for `native`, through
+    `build_trainer`, which builds the engine (vLLM's start-up is part of the
+    construction, excluded from the wall time and reported as `setup_s`). With an
+    external engine the trainer generates the optimizer step's samples in
+    `get_batch_samples`, before `training_step`: the breakdown's generation is then
+    `_draw` (vLLM's `generate`) plus the weight sync (`engine.load_weights`, also
+    reported alone as `engine_sync_s`), both outside `training_step`, and left out of
+    the rest of the loop. `--dtype float32,bfloat16` runs each run in each precision (the
+    model, the reference and training; TRL's `bf16`); FLOP/s are against the matmul peak
+    of the run's dtype. Several engines or dtypes name the runs `<run> <engine> <dtype>`."""
 
     prompts: int  # per step
     k: int  # samples per prompt
@@ -462,6 +479,8 @@ BREAKDOWN = (
     "optimizer step",
     "rest of the loop",
 )
+ENGINES = ("native", "vllm")
+ONLINE_DTYPES = ("float32", "bfloat16")
 
 
 def build_online_assets(preset: OnlinePreset, directory: Path, steps: int) -> int:
@@ -516,7 +535,10 @@ class StepTimers:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
+        self.outside: dict[str, float] = defaultdict(float)  # of `seconds`, outside training_step
         self.generation_calls: list[dict] = []  # per batch drawn: seconds, decode steps, samples
+        self.active: dict[str, int] = defaultdict(int)  # the timed parts running now
+        self.step_timed = False  # whether training_step is wrapped ("step"): only then is anything outside it
         self.last = 0.0
         self.samples = self.prompt_tokens = self.group_prompt_tokens = self.completion_tokens = 0
 
@@ -524,6 +546,7 @@ class StepTimers:
         """`owner.name` timed under `part`: a name, or a function of the call's arguments
         giving one (None: not timed). `after(args, kwargs, result)` sees every call."""
         original = getattr(owner, name, None)
+        self.step_timed = self.step_timed or part == "step"
         if not callable(original):
             raise SystemExit(
                 f"benchmark: {type(owner).__name__} has no method {name!r}, which the step breakdown "
@@ -532,12 +555,21 @@ class StepTimers:
 
         def timed(*args, **kwargs):
             key = part(*args, **kwargs) if callable(part) else part
+            inside = self.active["step"] > 0 or not self.step_timed
+            if key is not None:
+                self.active[key] += 1
             start = time.perf_counter()
-            result = original(*args, **kwargs)
+            try:
+                result = original(*args, **kwargs)
+            finally:
+                if key is not None:
+                    self.active[key] -= 1
             self.last = time.perf_counter() - start
             if key is not None:
                 self.seconds[key] += self.last
                 self.calls[key] += 1
+                if not inside and key != "step":
+                    self.outside[key] += self.last
             if after is not None:
                 after(args, kwargs, result)
             return result
@@ -575,13 +607,18 @@ class StepTimers:
         return OptimizerTimer()
 
     def breakdown(self, wall: float) -> dict[str, float]:
-        """Seconds per part of `BREAKDOWN`; the parts add up to `wall`."""
-        s = self.seconds
+        """Seconds per part of `BREAKDOWN`; the parts add up to `wall`. Generation
+        includes an external engine's weight sync ("engine sync"); parts timed outside
+        `training_step` (an external engine generates in `get_batch_samples`) come out of
+        the rest of the loop, not the rest of `training_step`."""
+        s, out = self.seconds, self.outside
         timed = ("generation", "judging", "reference forward", "policy forward", "backward", "old-policy forward")
         parts = {name: s.get(name, 0.0) for name in timed}
-        parts["rest of training_step"] = s["step"] - sum(parts.values())
+        parts["generation"] += s.get("engine sync", 0.0)
+        outside = sum(out.get(name, 0.0) for name in (*timed, "engine sync"))
+        parts["rest of training_step"] = s["step"] - (sum(parts.values()) - outside)
         parts["optimizer step"] = s.get("optimizer step", 0.0)
-        parts["rest of the loop"] = wall - s["step"] - parts["optimizer step"]
+        parts["rest of the loop"] = wall - s["step"] - parts["optimizer step"] - outside
         return parts
 
 
@@ -591,7 +628,25 @@ def _uses_grad(*args, **kwargs) -> str | None:
     return "policy forward" if torch.is_grad_enabled() else None
 
 
-def run_ours_online(preset: OnlinePreset, directory: Path, run: str, loss: str, steps: int) -> dict:
+def engine_overrides(engine: str, kvcache_gib: int) -> list[str]:
+    """The recipe overrides that make our run sample with `engine` (colocated vLLM in the
+    policy's dtype, its CPU KV cache `kvcache_gib` GiB)."""
+    if engine == "native":
+        return []
+    return ["--online.engine=vllm", "--online.vllm_mode=colocate", "--online.vllm_dtype=auto"] + [
+        f"--online.vllm_cpu_kvcache_space_gib={kvcache_gib}"
+    ]
+
+
+def run_ours_online(
+    preset: OnlinePreset,
+    directory: Path,
+    run: str,
+    loss: str,
+    steps: int,
+    engine: str = "native",
+    kvcache_gib: int = 1,
+) -> dict:
     import yaml
     from transformers import set_seed
 
@@ -599,13 +654,15 @@ def run_ours_online(preset: OnlinePreset, directory: Path, run: str, loss: str, 
     from alignment.logprobs import resolve_strategy
     from alignment.run import build_trainer
 
-    recipe = directory / "recipe.yaml"
+    recipe = directory / f"recipe-{preset.dtype}.yaml"
     recipe.write_text(yaml.safe_dump(online_recipe(preset, directory), sort_keys=False))
     overrides = [f"--loss.name={loss}", f"--training.max_steps={steps}", f"--training.output_dir={directory / run}"]
-    config = load_config(recipe, overrides)
+    config = load_config(recipe, overrides + engine_overrides(engine, kvcache_gib))
     training_args = config.training_arguments()
     set_seed(training_args.seed)
-    trainer, _ = build_trainer(config, training_args)
+    start = time.perf_counter()
+    trainer, _ = build_trainer(config, training_args)  # builds the engine: vLLM starts here
+    setup = time.perf_counter() - start
     policy = trainer.accelerator.unwrap_model(trainer.model)
     loaded = current_rss_gb()
 
@@ -624,15 +681,39 @@ def run_ours_online(preset: OnlinePreset, directory: Path, run: str, loss: str, 
     timers.wrap(trainer.reference, "logps", "reference forward")
     timers.wrap(trainer, "_forward", _uses_grad)  # the reference's passes run it under no_grad
     timers.wrap(trainer.accelerator, "backward", "backward")
+    if not trainer.engine.uses_live_model:  # vLLM: the policy's weights sent before each step's generation
+        timers.wrap(trainer.engine, "load_weights", "engine sync")
     trainer.add_callback(timers.callback())
     start = time.perf_counter()
-    trainer.prepare_reference()  # nothing to do for a live reference
-    trainer.train()
-    wall = time.perf_counter() - start
+    try:
+        trainer.prepare_reference()  # nothing to do for a live reference
+        trainer.train()
+        wall = time.perf_counter() - start
+    finally:
+        trainer.close_engine()
     strategy = resolve_strategy(trainer.model, training_args.forward)
     shared = strategy == "shared_prompt"  # each prompt computed once for its K samples
     outcome = _online_outcome(trainer, policy, timers, wall, "online/reward", shared_prompt=shared)
-    return {**outcome, "forward": strategy, "rss_after_loading_gb": loaded}
+    # The engine's log-prob mismatch with the trainer and its sync time, averaged over the logged steps.
+    logged = defaultdict(list)
+    for entry in trainer.state.log_history:
+        for key, value in entry.items():
+            if key.startswith("online/engine/"):
+                logged[key.removeprefix("online/engine/")].append(value)
+    engine_logs = {key: sum(values) / len(values) for key, values in logged.items()}
+    keys = [f.name for f in fields(config.online) if f.name == "engine" or f.name.startswith("vllm_")]
+    engine_config = {key: getattr(config.online, key) for key in keys}
+    return {
+        **outcome,
+        "forward": strategy,
+        "rss_after_loading_gb": loaded,
+        "setup_s": setup,
+        "engine": trainer.engine.name,
+        "engine_sync_s": timers.seconds.get("engine sync", 0.0),
+        "engine_sync_calls": timers.calls.get("engine sync", 0),
+        "engine_logs_mean": engine_logs,
+        "engine_config": engine_config if engine != "native" else {"engine": "native"},
+    }
 
 
 def trl_reward(name: str) -> Callable:
@@ -651,7 +732,7 @@ def trl_reward(name: str) -> Callable:
     return reward
 
 
-def run_trl_online(preset: OnlinePreset, directory: Path, run: str, loss: str, steps: int) -> dict:
+def run_trl_online(preset: OnlinePreset, directory: Path, run: str, loss: str, steps: int, **_) -> dict:
     import datasets
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -682,6 +763,7 @@ def run_trl_online(preset: OnlinePreset, directory: Path, run: str, loss: str, s
         disable_tqdm=True,
         **extra,
     )
+    start = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(directory / "model")
     policy = AutoModelForCausalLM.from_pretrained(directory / "model", dtype=getattr(torch, preset.dtype))
     rows = datasets.load_dataset("json", data_files=str(directory / "prompts.jsonl"), split="train")
@@ -689,6 +771,7 @@ def run_trl_online(preset: OnlinePreset, directory: Path, run: str, loss: str, s
         model=policy, reward_funcs=trl_reward(preset.reward), args=args, train_dataset=rows, processing_class=tokenizer
     )
 
+    setup = time.perf_counter() - start
     loaded = current_rss_gb()
     timers = StepTimers()
 
@@ -715,7 +798,7 @@ def run_trl_online(preset: OnlinePreset, directory: Path, run: str, loss: str, s
     wall = time.perf_counter() - start
     policy = trainer.accelerator.unwrap_model(trainer.model)
     outcome = _online_outcome(trainer, policy, timers, wall, "reward", shared_prompt=False)
-    return {**outcome, "forward": "one row per sample", "rss_after_loading_gb": loaded}
+    return {**outcome, "forward": "one row per sample", "rss_after_loading_gb": loaded, "setup_s": setup}
 
 
 def current_rss_gb() -> float:
@@ -755,18 +838,31 @@ def _online_outcome(trainer, policy, timers: StepTimers, wall: float, reward_key
     }
 
 
-def online_worker(run: str, preset_name: str, directory: Path, result: Path, steps: int) -> None:
+def online_worker(
+    run: str,
+    preset_name: str,
+    directory: Path,
+    result: Path,
+    steps: int,
+    engine: str = "native",
+    dtype_name: str | None = None,
+    kvcache_gib: int = 1,
+) -> None:
     import torch
 
     preset = ONLINE_PRESETS[preset_name]
+    if dtype_name is not None:
+        preset = replace(preset, dtype=dtype_name)
     side, loss = ONLINE_RUNS[run]
     runner = run_ours_online if side == "ours" else run_trl_online
     dtype = getattr(torch, preset.dtype)
     before = matmul_peak(preset.device, dtype, seconds=1.5)  # a noise check: the machine's state around the run
-    outcome = runner(preset, directory, run, loss, steps)
+    outcome = runner(preset, directory, run, loss, steps, engine=engine, kvcache_gib=kvcache_gib)
+    outcome.update(run=run, loss=loss, engine=engine, dtype=preset.dtype)
     outcome["matmul_peak_around_tflops"] = [before / 1e12, matmul_peak(preset.device, dtype, seconds=1.5) / 1e12]
     outcome["peak_memory_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     outcome["memory_kind"] = "peak RSS"
+    outcome["cpu_affinity"] = sorted(os.sched_getaffinity(0))  # the cores left to this process (vLLM binds on CPU)
     outcome["achieved_tflops"] = outcome["flops"] / outcome["wall_s"] / 1e12
     result.write_text(json.dumps(outcome))
 
@@ -780,19 +876,24 @@ def online_markdown(summary: dict) -> str:
     for run, r in summary["runs"].items():
         reward = "" if r["mean_reward"] is None else f"{r['mean_reward']:.3f}"
         before, after = r["matmul_peak_around_tflops"]
+        loss = r.get("loss") or ONLINE_RUNS[run][1]
         lines.append(
-            f"| {run} | {ONLINE_RUNS[run][1]} | {r['wall_s']:.1f} | {r['samples_per_s']:.3f} | "
+            f"| {run} | {loss} | {r['wall_s']:.1f} | {r['samples_per_s']:.3f} | "
             f"{r['tokens_per_s']:.1f} | {r['peak_memory_gb']:.2f} | {r['rss_after_loading_gb']:.2f} | "
             f"{r['achieved_tflops']:.4f} | "
             f"{100 * r['of_peak']:.1f}% | {before:.3f} / {after:.3f} | {reward} |"
         )
-    lines.append(f"\nmeasured matmul peak: {summary['matmul_peak_tflops']:.4f} TFLOP/s ({summary['dtype']})")
+    peaks = summary.get("matmul_peak_tflops_by_dtype") or {summary["dtype"]: summary["matmul_peak_tflops"]}
+    lines.append(
+        "\nmeasured matmul peak: " + ", ".join(f"{tflops:.4f} TFLOP/s ({dtype})" for dtype, tflops in peaks.items())
+    )
     if summary.get("ratios"):
-        lines += ["", "| ours / TRL | samples/s | wall | peak RSS |", "|---|---|---|---|"]
+        lines += ["", "| ratio | samples/s | wall | peak RSS |", "|---|---|---|---|"]
         for name, q in summary["ratios"].items():
             lines.append(f"| {name} | x{q['samples_per_s']:.2f} | x{q['wall']:.2f} | x{q['peak_memory']:.2f} |")
     runs = list(summary["runs"])
     lines += ["", "| part of the step (s, % of wall) | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
+    synced = any(summary["runs"][run].get("engine_sync_calls") for run in runs)
     for part in BREAKDOWN:
         cells = []
         for run in runs:
@@ -800,49 +901,129 @@ def online_markdown(summary: dict) -> str:
             seconds = r["breakdown_s"][part]
             cells.append(f"{seconds:.1f} ({100 * seconds / r['wall_s']:.0f}%)")
         lines.append(f"| {part} | " + " | ".join(cells) + " |")
+        if part == "generation" and synced:  # an external engine's weight sync, part of its generation
+            cells = []
+            for run in runs:
+                r = summary["runs"][run]
+                seconds = r.get("engine_sync_s", 0.0)
+                cells.append(f"{seconds:.1f} ({100 * seconds / r['wall_s']:.0f}%)")
+            lines.append("| (of which engine weight sync) | " + " | ".join(cells) + " |")
     cells = []
     for run in runs:
         calls = summary["runs"][run]["generation_calls"]
         steps = sum(c["decode_steps"] for c in calls)
         cells.append(f"{sum(c['s'] for c in calls) / max(steps, 1):.3f} ({steps} steps)")
     lines.append("| generation s per decoding step | " + " | ".join(cells) + " |")
+    cells = [" / ".join(f"{c['s']:.1f}" for c in summary["runs"][run]["generation_calls"]) for run in runs]
+    lines.append("| generation s per call | " + " | ".join(cells) + " |")
+    if synced:
+        lines += [
+            "",
+            "| run | construction, models and engine (s) | weight syncs | s per sync "
+            "| engine log-prob difference, mean / max (mean over steps) |",
+            "|---|---|---|---|---|",
+        ]
+        for run in runs:
+            r = summary["runs"][run]
+            calls, logs = r.get("engine_sync_calls", 0), r.get("engine_logs_mean", {})
+            per_sync = f"{r['engine_sync_s'] / calls:.2f}" if calls else ""
+            difference = (
+                f"{logs['logp_difference_mean']:.2e} / {logs['logp_difference_max']:.2e}"
+                if "logp_difference_mean" in logs
+                else ""
+            )
+            lines.append(f"| {run} | {r.get('setup_s', float('nan')):.1f} | {calls} | {per_sync} | {difference} |")
     return "\n".join(lines)
 
 
+def _choices(value: str | None, allowed: tuple[str, ...], default: str, flag: str) -> list[str]:
+    chosen = value.split(",") if value else [default]
+    unknown = [c for c in chosen if c not in allowed]
+    if unknown:
+        raise SystemExit(f"benchmark: unknown {flag} {unknown[0]!r}; choose from {', '.join(allowed)}")
+    return list(dict.fromkeys(chosen))
+
+
+def online_variants(runs: list[str], engines: list[str], dtypes: list[str]) -> dict[str, tuple[str, str, str]]:
+    """label -> (run, engine, dtype) for every combination. A label is the run's name,
+    with the engine and dtype appended when several of either are measured, or the
+    engine is not `native`."""
+    named = len(engines) > 1 or len(dtypes) > 1 or engines != ["native"]
+    return {  # the engines of a run and dtype one after the other: compared runs are close in time
+        (f"{run} {engine} {dtype}" if named else run): (run, engine, dtype)
+        for run in runs
+        for dtype in dtypes
+        for engine in engines
+    }
+
+
 def main_online(args, argv: list[str] | None) -> int:
+    import importlib.util
+
     preset = ONLINE_PRESETS[args.preset]
     steps = args.steps or preset.steps
-    runs = args.runs.split(",") if args.runs else list(ONLINE_RUNS)
+    engines = _choices(args.engine, ENGINES, "native", "--engine")
+    dtypes = _choices(args.dtype, ONLINE_DTYPES, preset.dtype, "--dtype")
+    runs = (
+        args.runs.split(",") if args.runs else [r for r in ONLINE_RUNS if "vllm" not in engines or r.startswith("ours")]
+    )
     unknown = [r for r in runs if r not in ONLINE_RUNS]
     if unknown:
         raise SystemExit(f"benchmark: unknown run {unknown[0]!r} for {args.preset}; runs: {', '.join(ONLINE_RUNS)}")
+    if "vllm" in engines and any(ONLINE_RUNS[r][0] != "ours" for r in runs):
+        raise SystemExit("benchmark: --engine vllm applies to our runs (ours, ours-rloo), not TRL's; pass --runs")
+    spec = importlib.util.find_spec("vllm")
+    if "vllm" in engines and (spec is None or spec.origin is None):  # None: a namespace package (a folder vllm/)
+        print(
+            f"benchmark: --engine vllm needs vLLM, which {sys.executable} cannot import; "
+            "run this script with the Python of an environment that has it (vllm-cpu 0.32.0 on CPU; README: "
+            "generation engines)",
+            file=sys.stderr,
+        )
+        return 2
+    variants = online_variants(runs, engines, dtypes)
     results: dict[str, dict] = {}
+    peaks: dict[str, float] = {}
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         prompts = build_online_assets(preset, directory, steps)
-        peak = measured_peak(preset)
-        print(f"matmul peak ({preset.device}, {preset.dtype}): {peak / 1e12:.3f} TFLOP/s", flush=True)
-        for run in runs:
+        for dtype in dtypes:
+            peaks[dtype] = measured_peak(replace(preset, dtype=dtype))
+            print(f"matmul peak ({preset.device}, {dtype}): {peaks[dtype] / 1e12:.3f} TFLOP/s", flush=True)
+        for label, (run, engine, dtype) in variants.items():
             # A previous job's pending writes (a saved model) are flushed now, not during a run.
             os.sync()
-            result = directory / f"{run}.json"
+            result = directory / f"{label.replace(' ', '-')}.json"
             cmd = [sys.executable, __file__, "--preset", args.preset, "--worker", run, "--dir", tmp]
-            cmd += ["--result", str(result), "--steps", str(steps)]
+            cmd += ["--result", str(result), "--steps", str(steps), "--engine", engine, "--dtype", dtype]
+            cmd += ["--vllm-kvcache-gib", str(args.vllm_kvcache_gib)]
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if proc.returncode != 0:
                 print(proc.stdout[-3000:], proc.stderr[-5000:], file=sys.stderr)
-                raise SystemExit(f"benchmark run {run!r} failed ({proc.returncode})")
-            results[run] = json.loads(result.read_text())
-            print(f"{run}: {results[run]}", flush=True)
+                raise SystemExit(f"benchmark run {label!r} failed ({proc.returncode})")
+            results[label] = json.loads(result.read_text())
+            print(f"{label}: {results[label]}", flush=True)
 
     for r in results.values():
-        r["of_peak"] = r["achieved_tflops"] * 1e12 / peak
+        r["of_peak"] = r["achieved_tflops"] * 1e12 / peaks[r["dtype"]]
+    label_of = {variant: label for label, variant in variants.items()}
+    pairs = [  # each engine against native (same run and dtype), then ours against TRL (same engine and dtype)
+        (label, label_of.get((run, "native", dtype)))
+        for label, (run, engine, dtype) in variants.items()
+        if engine != "native"
+    ]
+    pairs += [
+        (label_of.get((ours, engine, dtype)), label_of.get((trl, engine, dtype)))
+        for ours, trl in ONLINE_PAIRS
+        for engine in engines
+        for dtype in dtypes
+    ]
     ratios = {}
-    for ours, trl in ONLINE_PAIRS:
-        if ours in results and trl in results:
-            a, b = results[ours], results[trl]
-            ratios[f"{ours} / {trl}"] = {
+    for a_label, b_label in pairs:
+        if a_label is not None and b_label is not None:
+            a, b = results[a_label], results[b_label]
+            ratios[f"{a_label} / {b_label}"] = {
                 "samples_per_s": a["samples_per_s"] / b["samples_per_s"],
                 "tokens_per_s": a["tokens_per_s"] / b["tokens_per_s"],
                 "wall": a["wall_s"] / b["wall_s"],
@@ -852,12 +1033,17 @@ def main_online(args, argv: list[str] | None) -> int:
         "preset": args.preset,
         **run_context(argv),
         **asdict(preset),
+        "dtype": ",".join(dtypes),
+        "engines": engines,
         "steps": steps,
         "prompts_used": prompts,
-        "matmul_peak_tflops": peak / 1e12,
+        "matmul_peak_tflops": peaks[dtypes[0]] / 1e12,
+        "matmul_peak_tflops_by_dtype": {dtype: peak / 1e12 for dtype, peak in peaks.items()},
         "runs": results,
         "ratios": ratios,
     }
+    if "vllm" in engines:
+        summary["vllm_cpu_kvcache_space_gib"] = args.vllm_kvcache_gib
     if "ours / trl-grpo" in ratios:
         q = ratios["ours / trl-grpo"]
         summary["target"] = {
@@ -890,17 +1076,24 @@ def run_context(argv: list[str] | None) -> dict:
         line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
     ]
     cpu = names[0] if cpuinfo.exists() and names else platform.processor()
+    versions = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "trl": trl.__version__,
+    }
+    for package in ("vllm", "vllm-cpu"):  # not imported: its import is slow and starts its logging
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
     return {
         "command": " ".join(["python", "scripts/benchmark.py", *(sys.argv[1:] if argv is None else argv)]),
+        "python_environment": Path(sys.prefix).name,  # which environment ran it (not this machine's path)
         "date": date.today().isoformat(),
         "commit": git("rev-parse", "HEAD"),
         "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no")),
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "trl": trl.__version__,
-        },
+        "versions": versions,
         "torch_threads": torch.get_num_threads(),
         "machine": {"cpu": cpu, "cores": os.cpu_count()},
     }
@@ -921,18 +1114,55 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--steps", type=int, default=None, help="online presets: optimizer steps (default the preset's)"
     )
+    parser.add_argument(
+        "--engine",
+        default=None,
+        help="online presets, our runs: comma-separated generation engines, native and/or vllm (default native; "
+        "vllm needs a Python that imports vllm)",
+    )
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        help="online presets: comma-separated precisions, float32 and/or bfloat16 (default the preset's)",
+    )
+    parser.add_argument(
+        "--vllm-kvcache-gib",
+        type=int,
+        default=1,
+        help="--engine vllm: online.vllm_cpu_kvcache_space_gib, vLLM's KV cache on CPU in GiB (default 1)",
+    )
+    parser.add_argument(
+        "--markdown",
+        metavar="JSON",
+        default=None,
+        help="print the tables of a result file of an online preset and exit",
+    )
     parser.add_argument("--worker", choices=RUNS + tuple(ONLINE_RUNS), help=argparse.SUPPRESS)
     parser.add_argument("--dir", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--tokens", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.markdown:
+        print(online_markdown(json.loads(Path(args.markdown).read_text())))
+        return 0
     if args.preset in ONLINE_PRESETS:
         if args.worker:
-            online_worker(args.worker, args.preset, Path(args.dir), Path(args.result), args.steps)
+            online_worker(
+                args.worker,
+                args.preset,
+                Path(args.dir),
+                Path(args.result),
+                args.steps,
+                engine=args.engine or "native",
+                dtype_name=args.dtype,
+                kvcache_gib=args.vllm_kvcache_gib,
+            )
             return 0
         return main_online(args, argv)
     if args.steps is not None:
         parser.error("--steps applies to the online presets only")
+    if args.engine is not None or args.dtype is not None:
+        parser.error("--engine and --dtype apply to the online presets only")
     if args.worker:
         worker(args.worker, args.preset, Path(args.dir), Path(args.result), args.tokens)
         return 0

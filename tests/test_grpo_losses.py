@@ -41,9 +41,10 @@ class OneProcess:
         return tensor
 
 
-def trl_loss(loss, log_pi, old, ref, advantages, mask, entropies=None, trainer=None):
+def trl_loss(loss, log_pi, old, ref, advantages, mask, entropies=None, trainer=None, **extra_inputs):
     """TRL's `_compute_loss` with `loss`'s settings, on [N, T] tensors (N = B * K samples).
-    `trainer`: the stand-in of an earlier call, whose adaptive entropy state carries on."""
+    `trainer`: the stand-in of an earlier call, whose adaptive entropy state carries on;
+    `extra_inputs`: more of the inputs dict (the vLLM importance-sampling ratio)."""
     if trainer is None:
         trainer = trl_trainer(loss)
     entropies = torch.zeros_like(log_pi) if entropies is None else entropies
@@ -58,6 +59,7 @@ def trl_loss(loss, log_pi, old, ref, advantages, mask, entropies=None, trainer=N
         "old_per_token_logps": old,
         "ref_per_token_logps": ref,
         "num_items_in_batch": mask.sum(),
+        **extra_inputs,
     }
     return GRPOTrainer._compute_loss(trainer, None, inputs)
 

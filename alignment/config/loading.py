@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from alignment.config.combinations import (
+    check_engine,
     check_evaluation,
     check_lists_per_batch,
     check_model_head,
@@ -136,6 +137,7 @@ def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None
     check_model_head(loss_fn, online, evaluation, lora, quantization)
     resolve_reference(reference, loss_fn, lora, model)
     check_online(online, loss_fn, reference)
+    check_engine(online, loss_fn, quantization, reference)
     # An online run whose reference moves or is another model reports its win rate against that reference.
     check_evaluation(evaluation, data, online, reference.is_initial_policy(model))
     check_quantization(quantization, lora, model)

@@ -121,6 +121,14 @@ class SequenceLogps:
     gathered: Callable[[Tensor], Tensor] | None = _field(
         default=None, input="a 1-D tensor's values from all processes, concatenated (itself on one process)"
     )
+    engine_ratio: Tensor | None = _field(
+        ITEM_TOKENS,
+        1.0,
+        default=None,
+        input="online: the importance-sampling correction of an external engine's samples, pi_trainer / "
+        "pi_engine per token [B, K, T] or per sequence [B, K, 1], truncated or masked "
+        "(online.vllm_importance_sampling_mode); None when the trainer's own model sampled",
+    )
 
     @property
     def model_scores(self) -> Tensor:

@@ -81,6 +81,9 @@ class GroupPolicyLoss(OptionalKL, PreferenceLoss):
     # True where the importance weight is a stop-gradient coefficient of A log pi (CISPO,
     # VESPO): the gradient flows through log pi only, not through the weight's value.
     detached_weight: ClassVar[bool] = False
+    # True where the engine's importance-sampling ratio enters the weight itself (VESPO)
+    # rather than multiplying the token losses.
+    engine_ratio_in_weight: ClassVar[bool] = False
 
     epsilon: float = 0.2
     epsilon_high: float | None = None
@@ -141,6 +144,7 @@ class GroupPolicyLoss(OptionalKL, PreferenceLoss):
             extra.add("completion_budget")
         if self.normalization == "batch_tokens" or self.scale_rewards == "batch":
             extra.add("across_processes")
+        extra.add("engine_ratio")  # None unless an external engine sampled (online.engine)
         return super().reads | extra
 
     @property
@@ -177,7 +181,15 @@ class GroupPolicyLoss(OptionalKL, PreferenceLoss):
 
     # ------------------------------------------------------------------ the loss
 
-    def policy_term(self, ratio: Tensor, advantage: Tensor, log_pi: Tensor, log_ratio: Tensor, mask: Tensor) -> Tensor:
+    def policy_term(
+        self,
+        ratio: Tensor,
+        advantage: Tensor,
+        log_pi: Tensor,
+        log_ratio: Tensor,
+        mask: Tensor,
+        engine_ratio: Tensor | None = None,
+    ) -> Tensor:
         """The clipped surrogate -min(w A, clip(w, 1 - epsilon, 1 + epsilon_high) A), with
         w capped at `delta` in the first term (two-sided clipping, INTELLECT-2)."""
         clipped = ratio.clamp(1 - self.epsilon, 1 + self.upper)
@@ -213,10 +225,15 @@ class GroupPolicyLoss(OptionalKL, PreferenceLoss):
         else:
             log_ratio_w = log_ratio
         ratio = exp_capped(log_ratio_w)
-        per_token = self.policy_term(ratio, advantage, log_pi, log_ratio, tmask)
+        engine = logps.engine_ratio
+        per_token = self.policy_term(ratio, advantage, log_pi, log_ratio, tmask, engine)
         high_entropy = self.high_entropy_tokens(logps, tmask) if self.top_entropy_quantile < 1.0 else None
         if high_entropy is not None:  # the policy term of the top-rho tokens only (Wang et al. 2025)
             per_token = per_token * high_entropy
+        if engine is not None and not self.engine_ratio_in_weight:
+            # An external engine sampled: its mismatch with the trainer's policy corrected (TRL's
+            # vllm_importance_sampling_correction), on the policy term only, not the KL.
+            per_token = per_token * engine.to(per_token.dtype)
         kl = None
         if tokens.reference is not None:
             x = torch.where(tmask, tokens.reference.detach() - log_pi, 0.0)
@@ -408,7 +425,7 @@ class CISPOLoss(GroupPolicyLoss):
     epsilon_high: float | None = 5.0
     beta: float = 0.0
 
-    def policy_term(self, ratio, advantage, log_pi, log_ratio, mask):
+    def policy_term(self, ratio, advantage, log_pi, log_ratio, mask, engine_ratio=None):
         return -ratio.clamp(max=self.upper).detach() * advantage * log_pi
 
     def clipped(self, ratio, advantage):
@@ -437,7 +454,7 @@ class SAPOLoss(GroupPolicyLoss):
         for key in ("sapo_temperature_pos", "sapo_temperature_neg"):
             setattr(self, key, check_range(self.name, key, getattr(self, key), gt=0))
 
-    def policy_term(self, ratio, advantage, log_pi, log_ratio, mask):
+    def policy_term(self, ratio, advantage, log_pi, log_ratio, mask, engine_ratio=None):
         tau = torch.where(advantage > 0, self.sapo_temperature_pos, self.sapo_temperature_neg).to(ratio.dtype)
         return -torch.sigmoid(tau * (ratio - 1)) * 4 / tau * advantage
 
@@ -478,6 +495,7 @@ class VESPOLoss(GroupPolicyLoss):
     )
     normalization = "batch_tokens"
     detached_weight = True
+    engine_ratio_in_weight = True
 
     beta: float = 0.0
     vespo_k_pos: float = 2.0
@@ -490,13 +508,20 @@ class VESPOLoss(GroupPolicyLoss):
         for key in ("vespo_k_pos", "vespo_lambda_pos", "vespo_k_neg", "vespo_lambda_neg"):
             setattr(self, key, check_range(self.name, key, getattr(self, key), ge=0))
 
-    def policy_term(self, ratio, advantage, log_pi, log_ratio, mask):
-        return -self.gamma_weights(log_ratio, advantage, mask) * advantage * log_pi
+    def policy_term(self, ratio, advantage, log_pi, log_ratio, mask, engine_ratio=None):
+        return -self.gamma_weights(log_ratio, advantage, mask, engine_ratio) * advantage * log_pi
 
     @torch.no_grad()
-    def gamma_weights(self, log_ratio: Tensor, advantage: Tensor, mask: Tensor) -> Tensor:
+    def gamma_weights(
+        self, log_ratio: Tensor, advantage: Tensor, mask: Tensor, engine_ratio: Tensor | None = None
+    ) -> Tensor:
+        """phi(w); with an engine's token ratio rho, log w gains sum_t log rho_t (clamped to
+        [log 1e-8, 20]): w = pi / pi_engine, as TRL's get_gamma_weights."""
         lower = math.log(1e-8)
         total = (log_ratio.clamp(-20.0, 20.0) * mask).sum(-1, keepdim=True)
+        if engine_ratio is not None:
+            log_rho = torch.where(mask.bool(), engine_ratio, 1.0).log().clamp(lower, 20.0)
+            total = total + (log_rho * mask).sum(-1, keepdim=True)
         log_w = total.clamp(lower, 20.0)
         nonneg = advantage >= 0
         k = torch.where(nonneg, self.vespo_k_pos, self.vespo_k_neg).to(log_w.dtype)

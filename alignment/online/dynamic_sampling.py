@@ -54,7 +54,7 @@ class DynamicBatch:
     short: int  # informative groups missing after the last draw
 
 
-def _padded_cat(tensors: Sequence[Tensor], value: int | bool = 0) -> Tensor:
+def padded_cat(tensors: Sequence[Tensor], value: int | bool = 0) -> Tensor:
     """Concatenate along dim 0, right-padding the last dim to the widest."""
     width = max(t.size(-1) for t in tensors)
     return torch.cat([nn.functional.pad(t, (0, width - t.size(-1)), value=value) for t in tensors])
@@ -78,8 +78,8 @@ def assemble(draws: Sequence[Draw], size: int, kind: str, pad_token_id: int) -> 
         return [d.inputs[name][rows.to(d.inputs[name].device)] for d, rows in parts]
 
     inputs: dict[str, Any] = {
-        "prompt_input_ids": _padded_cat(rows_of("prompt_input_ids"), pad_token_id),
-        "prompt_attention_mask": _padded_cat(rows_of("prompt_attention_mask"), 0),
+        "prompt_input_ids": padded_cat(rows_of("prompt_input_ids"), pad_token_id),
+        "prompt_attention_mask": padded_cat(rows_of("prompt_attention_mask"), 0),
     }
     for key in ("prompts", "columns"):
         if all(key in d.inputs for d, _ in parts):
@@ -89,10 +89,11 @@ def assemble(draws: Sequence[Draw], size: int, kind: str, pad_token_id: int) -> 
         return [getattr(d.samples, name)[rows.to(d.samples.finished.device)] for d, rows in parts]
 
     samples = GroupSamples(
-        completion_ids=_padded_cat(samples_of("completion_ids"), 0),
-        completion_mask=_padded_cat(samples_of("completion_mask"), 0),
+        completion_ids=padded_cat(samples_of("completion_ids"), 0),
+        completion_mask=padded_cat(samples_of("completion_mask"), 0),
         finished=torch.cat(samples_of("finished")),
         from_policy=draws[0].samples.from_policy,
+        logprobs=None if any(d.samples.logprobs is None for d, _ in parts) else padded_cat(samples_of("logprobs"), 0.0),
     )
     feedback = Feedback.cat([d.feedback.select(rows.to(d.feedback.preferences.device)) for d, rows in parts])
     filtered = sum(int((~f).sum()) for f in flags)

@@ -23,8 +23,10 @@ from torch import Tensor, nn
 
 from alignment.data import PromptCollator
 from alignment.data.prompts import build_prompt_datasets
+from alignment.online.engines.base import GenerationEngine
+from alignment.online.engines.native import NativeEngine
 from alignment.online.judges import Judge, JudgeError, Prompt, build_judge, import_function
-from alignment.online.sampler import GenerationSettings, ModelStream, sample
+from alignment.online.sampler import POLICY, GenerationSettings, ModelStream
 from alignment.schema.online import EvaluationConfig
 
 INITIAL_GENERATIONS = "initial_generations.jsonl"
@@ -116,6 +118,8 @@ class GenerationEvaluation:
         self.collator = PromptCollator(pad_token_id=tokenizer.pad_token_id)
         self.initial: dict[int, str] = {}
         self.initial_metrics: dict[str, float] = {}
+        # Who generates the answers: the online trainer sets its own engine (`online.engine`).
+        self.engine: GenerationEngine = NativeEngine()
 
     def _answers(self, model: nn.Module) -> list[tuple[int, Prompt, str, int, bool]]:
         """(index, prompt, completion text, length, finished) for this process's prompts."""
@@ -129,11 +133,11 @@ class GenerationEvaluation:
                 batch = self.collator([self.prompts[i] for i in indices])
                 ids = batch["prompt_input_ids"].to(self.device)
                 mask = batch["prompt_attention_mask"].to(self.device)
-                samples = sample(ModelStream(model), None, ids, mask, 0.0, self.settings)
-                lengths = samples.lengths.tolist()
-                rows = [row[:n].tolist() for row, n in zip(samples.completion_ids, lengths, strict=True)]
+                samples = self.engine.generate([POLICY], ids, mask, self.settings, policy=ModelStream(model))
+                lengths = samples.lengths[:, 0].tolist()
+                rows = [row[:n].tolist() for row, n in zip(samples.completion_ids[:, 0], lengths, strict=True)]
                 texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
-                finished = samples.finished.tolist()
+                finished = samples.finished[:, 0].tolist()
                 out += list(zip(indices, batch["prompts"], texts, lengths, finished, strict=True))
         return out
 

@@ -42,12 +42,15 @@ class GenerationSettings:
 class Samples:
     """Completions [B, T], right-padded: `completion_mask` marks generated tokens (EOS
     included), `finished` the rows that ended with EOS within `max_new_tokens`.
-    `distributions` holds the per-step sampling distributions [B, V] when recorded."""
+    `distributions` holds the per-step sampling distributions [B, V] when recorded;
+    `logprobs` [B, T] each sampled token's log-prob under the mixture before temperature
+    and filters (0 past the end)."""
 
     completion_ids: Tensor
     completion_mask: Tensor
     finished: Tensor
     distributions: list[Tensor] = field(default_factory=list)
+    logprobs: Tensor | None = None
 
     @property
     def lengths(self) -> Tensor:
@@ -173,14 +176,15 @@ def sample(
     batch = ids.size(0)
     eos = torch.tensor(settings.eos_token_ids, device=ids.device, dtype=torch.long)
     finished = torch.zeros(batch, dtype=torch.bool, device=ids.device)
-    tokens, alive, distributions = [], [], []
+    tokens, alive, distributions, token_logprobs = [], [], [], []
     for step in range(settings.max_new_tokens):
-        logprobs = mixture_logprobs(logits.get("policy"), logits.get("reference"), coef)
-        logprobs = filter_logprobs(logprobs, settings.temperature, settings.top_k, settings.top_p)
+        model_logprobs = mixture_logprobs(logits.get("policy"), logits.get("reference"), coef)
+        logprobs = filter_logprobs(model_logprobs, settings.temperature, settings.top_k, settings.top_p)
         if record_distributions:
             distributions.append(logprobs.exp())
         token = torch.multinomial(logprobs.exp(), 1, generator=generator).squeeze(-1)
         is_real = ~finished
+        token_logprobs.append(torch.where(is_real, model_logprobs.gather(1, token[:, None]).squeeze(1), 0.0))
         token = torch.where(is_real, token, settings.pad_token_id)
         tokens.append(token)
         alive.append(is_real)
@@ -195,6 +199,7 @@ def sample(
         completion_mask=torch.stack(alive, 1).long(),
         finished=finished,
         distributions=distributions,
+        logprobs=torch.stack(token_logprobs, 1),
     )
 
 
@@ -271,12 +276,15 @@ def build_sampler(name: str, mixture_coef: float) -> Sampler:
 @dataclass
 class GroupSamples:
     """K completions per prompt: ids and mask [B, K, T] (right-padded), `finished` [B, K],
-    and `from_policy` [K] (which slots the policy itself sampled)."""
+    `from_policy` [K] (which slots the policy itself sampled) and `logprobs` [B, K, T],
+    each token's log-prob under the model that drew it, before temperature and filters
+    (the engine's, compared with the trainer's for importance sampling; 0 past the end)."""
 
     completion_ids: Tensor
     completion_mask: Tensor
     finished: Tensor
     from_policy: Tensor
+    logprobs: Tensor | None = None
 
     @property
     def lengths(self) -> Tensor:
@@ -298,21 +306,28 @@ def draw(
     groups: dict[Sampler, list[int]] = {}
     for slot, sampler in enumerate(slots):
         groups.setdefault(sampler, []).append(slot)
-    parts: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
+    parts: dict[int, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
     for sampler, members in groups.items():
         n = len(members)
         drawn = sample(policy, reference, prompt_ids, prompt_mask, sampler.coef, settings, generator, repeats=n)
         for j, slot in enumerate(members):
             rows = slice(j, None, n)  # row b * n + j is prompt b's j-th sample of this sampler
-            parts[slot] = (drawn.completion_ids[rows], drawn.completion_mask[rows], drawn.finished[rows])
-    width = max(ids.size(1) for ids, _, _ in parts.values())
+            parts[slot] = (
+                drawn.completion_ids[rows],
+                drawn.completion_mask[rows],
+                drawn.finished[rows],
+                drawn.logprobs[rows],
+            )
+    width = max(part[0].size(1) for part in parts.values())
 
     def stacked(index: int) -> Tensor:
         return torch.stack(
             [nn.functional.pad(parts[slot][index], (0, width - parts[slot][index].size(1))) for slot in range(k)], 1
         )
 
-    ids, mask = stacked(0), stacked(1)
+    ids, mask, logprobs = stacked(0), stacked(1), stacked(3)
     finished = torch.stack([parts[slot][2] for slot in range(k)], 1)
     from_policy = torch.tensor([s.from_policy for s in slots], dtype=torch.bool, device=ids.device)
-    return GroupSamples(completion_ids=ids, completion_mask=mask, finished=finished, from_policy=from_policy)
+    return GroupSamples(
+        completion_ids=ids, completion_mask=mask, finished=finished, from_policy=from_policy, logprobs=logprobs
+    )

@@ -6,6 +6,7 @@ preferences from the judge."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -203,7 +204,21 @@ class OnlineConfig:
     `dynamic_sampling_max_draws` draws of a micro-batch of prompts each (the first
     included). Short after the last draw, the batch is filled with dropped groups that
     are masked out of the loss. Logged: `online/dynamic_sampling/filtered`,
-    `online/dynamic_sampling/draws`, `online/dynamic_sampling/short`."""
+    `online/dynamic_sampling/draws`, `online/dynamic_sampling/short`.
+
+    Generation engine (`engine`): `native` samples with the trainer's own model (no extra
+    dependency). `vllm` samples with vLLM (TRL's `use_vllm`), colocated in the trainer's
+    process (`vllm_mode: colocate`) or from `alignment vllm-serve` (`server`, at
+    `vllm_server_base_url`; `--mixture` for the samplers that need the reference). vLLM is sent the policy's weights before it generates after
+    each optimizer step; each optimizer step's samples are generated in one call. Its
+    token log-probs differ from the trainer's by its kernels' numerics, so the GRPO
+    family weighs each token's loss by TRL 1.16's importance-sampling correction
+    `vllm_importance_sampling_mode` (`token_truncate`, `token_mask`, `sequence_truncate`,
+    `sequence_mask`) bounded by `vllm_importance_sampling_clip_min/max`; on by default
+    with vLLM (None) where the loss can take it, and the mismatch is logged as
+    `online/engine/logp_difference_{mean,max}`. Memory: `vllm_gpu_memory_utilization`
+    (GPU), `vllm_cpu_kvcache_space_gib` (CPU, whole GiB; None: 2), and
+    `vllm_enable_sleep_mode` (GPU: vLLM's memory is released while the trainer trains)."""
 
     judge: list[JudgeConfig] | JudgeConfig | None = None
     multi_objective_aggregation: Literal["sum_then_normalize", "normalize_then_sum"] = "sum_then_normalize"
@@ -219,8 +234,24 @@ class OnlineConfig:
     eval_max_new_tokens: int | None = None
     num_samples: int = 2
     updates_per_batch: int = 1
+    engine: Literal["native", "vllm"] = "native"
+    vllm_mode: Literal["colocate", "server"] = "colocate"
+    vllm_server_base_url: str = "http://127.0.0.1:8000"
+    vllm_server_timeout: float = 240.0
+    vllm_gpu_memory_utilization: float = 0.3
+    vllm_cpu_kvcache_space_gib: int | None = None
+    vllm_enable_sleep_mode: bool = False
+    vllm_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    vllm_max_model_len: int | None = None
+    vllm_importance_sampling_correction: bool | None = None
+    vllm_importance_sampling_mode: Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"] = (
+        "sequence_mask"
+    )
+    vllm_importance_sampling_clip_min: float | None = None
+    vllm_importance_sampling_clip_max: float | None = 3.0
 
     def __post_init__(self) -> None:
+        self._check_engine()
         if self.num_samples < 2:
             raise ConfigError(f"online.num_samples must be >= 2 (the losses compare samples), got {self.num_samples}")
         if self.updates_per_batch < 1:
@@ -253,6 +284,53 @@ class OnlineConfig:
             raise ConfigError(f"online.missing_eos_penalty must be in [0, 1], got {self.missing_eos_penalty}")
         if self.eval_max_new_tokens is not None and self.eval_max_new_tokens < 1:
             raise ConfigError(f"online.eval_max_new_tokens must be >= 1, got {self.eval_max_new_tokens}")
+
+    def _check_engine(self) -> None:
+        vllm_keys = [
+            spec.name
+            for spec in dataclasses.fields(self)
+            if spec.name.startswith("vllm_") and getattr(self, spec.name) != spec.default
+        ]
+        if self.engine == "native":
+            if self.vllm_importance_sampling_correction:
+                raise ConfigError(
+                    "online.vllm_importance_sampling_correction corrects an external engine's samples; "
+                    "online.engine native samples with the trained model itself (set online.engine: vllm)"
+                )
+            if vllm_keys:
+                raise ConfigError(f"online.{vllm_keys[0]} is a vLLM setting; set online.engine: vllm to use it")
+            return
+        if not 0.0 < self.vllm_gpu_memory_utilization <= 1.0:
+            raise ConfigError(
+                f"online.vllm_gpu_memory_utilization must be in (0, 1], got {self.vllm_gpu_memory_utilization}"
+            )
+        if self.vllm_cpu_kvcache_space_gib is not None and self.vllm_cpu_kvcache_space_gib < 1:
+            raise ConfigError(
+                f"online.vllm_cpu_kvcache_space_gib must be a whole number of GiB >= 1, got {self.vllm_cpu_kvcache_space_gib}"
+            )
+        if self.vllm_server_timeout <= 0:
+            raise ConfigError(f"online.vllm_server_timeout must be > 0 seconds, got {self.vllm_server_timeout}")
+        if not re.fullmatch(r"https?://[^\s/]+(:\d+)?/?", self.vllm_server_base_url):
+            raise ConfigError(
+                f"online.vllm_server_base_url {self.vllm_server_base_url!r}: expected http://HOST:PORT "
+                "(alignment vllm-serve listens on http://127.0.0.1:8000 by default)"
+            )
+        low, high = self.vllm_importance_sampling_clip_min, self.vllm_importance_sampling_clip_max
+        for key, value in (("clip_min", low), ("clip_max", high)):
+            if value is not None and value < 0:
+                raise ConfigError(f"online.vllm_importance_sampling_{key} must be >= 0, got {value}")
+        if low is not None and high is not None and low > high:
+            raise ConfigError(
+                f"online.vllm_importance_sampling_clip_min ({low}) is above online.vllm_importance_sampling_clip_max "
+                f"({high})"
+            )
+        if low is None and high is None and self.vllm_importance_sampling_mode.endswith("truncate"):
+            raise ConfigError(
+                f"online.vllm_importance_sampling_mode {self.vllm_importance_sampling_mode} clamps to "
+                "[clip_min, clip_max]: set at least one of online.vllm_importance_sampling_clip_min/clip_max"
+            )
+        if self.vllm_max_model_len is not None and self.vllm_max_model_len < 2:
+            raise ConfigError(f"online.vllm_max_model_len must be >= 2, got {self.vllm_max_model_len}")
 
     @staticmethod
     def _check_judge_list(judges: list[JudgeConfig]) -> None:

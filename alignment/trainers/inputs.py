@@ -104,6 +104,18 @@ def _gathered(s: Sources) -> Callable[[Tensor], Tensor]:
     return gather
 
 
+def _engine_ratio(s: Sources) -> Tensor | None:
+    """An external engine's importance-sampling correction, against the sampling policy
+    as the trainer computes it: the log-probs kept when the samples were drawn (several
+    updates per batch), else this forward's, detached (the same values; TRL computes
+    them in a second, no-grad forward)."""
+    correction = s.given.get("engine_correction")
+    if correction is None:
+        return None
+    trainer_logps = s.old_policy if s.old_policy is not None else s.forward.logps.detach()
+    return correction.ratio(trainer_logps, s.inputs["completion_attention_mask"])
+
+
 PROVIDERS: dict[str, Callable[[Sources], Any]] = {
     "tokens": _tokens,
     "wpo_log_weights": _wpo_log_weights,
@@ -115,6 +127,7 @@ PROVIDERS: dict[str, Callable[[Sources], Any]] = {
     "entropies": lambda s: s.forward.entropies,
     "gathered": _gathered,
     "margins": lambda s: s.inputs.get("margins"),
+    "engine_ratio": _engine_ratio,
 }
 
 

@@ -18,7 +18,10 @@ from torch.utils.data import Sampler as IndexSampler
 
 from alignment.data import PromptCollator
 from alignment.losses import LossOutput, PreferenceLoss
-from alignment.online.dynamic_sampling import Draw, assemble, informative_groups
+from alignment.online.dynamic_sampling import Draw, assemble, informative_groups, padded_cat
+from alignment.online.engines.base import GenerationEngine, merge_slots, select_rows
+from alignment.online.engines.correction import EngineCorrection, logp_mismatch
+from alignment.online.engines.native import NativeEngine
 from alignment.online.feedback import Feedback, aggregate_rewards, judge_samples
 from alignment.online.judges import Judge
 from alignment.online.sampler import (
@@ -36,6 +39,7 @@ from alignment.schema import OnlineConfig
 from alignment.trainers.arguments import AlignmentTrainingArguments
 from alignment.trainers.faults import guard_nonfinite
 from alignment.trainers.preference import PreferenceTrainer
+from alignment.trainers.weight_sync import policy_weights, reference_weights
 
 
 class RepeatedBatches(IndexSampler):
@@ -80,6 +84,7 @@ class OnlineTrainer(PreferenceTrainer):
         judge: Judge,
         online: OnlineConfig,
         processing_class=None,
+        engine: GenerationEngine | None = None,
         **kwargs: Any,
     ) -> None:
         if processing_class is None:
@@ -98,6 +103,12 @@ class OnlineTrainer(PreferenceTrainer):
         self.online = online
         first = POLICY if loss_fn.first_item_from_policy else self.sampler
         self.slots = [first] + [self.sampler] * (online.num_samples - 1)
+        # Who samples: the trained model itself (native) or an external engine sent its weights.
+        self.engine: GenerationEngine = engine or NativeEngine()
+        self.engine.check_samplers(set(self.slots))
+        self._engine_step: int | None = None  # the optimizer step whose weights the engine holds
+        self._engine_metrics: dict[str, float] = {}
+        self._pregenerated: list[tuple[Tensor, GroupSamples]] = []
         generation_config = getattr(self.accelerator.unwrap_model(model), "generation_config", None)
         eos = eos_ids(processing_class.eos_token_id, getattr(generation_config, "eos_token_id", None))
         self.settings = GenerationSettings(
@@ -132,8 +143,65 @@ class OnlineTrainer(PreferenceTrainer):
     # ------------------------------------------------------------------ sampling and judging
 
     def _draw(self, unwrapped: nn.Module, inputs: Mapping[str, Any], slots: list[Sampler], settings) -> GroupSamples:
+        """The engine's samples for `slots`; slots an external engine cannot serve (the
+        evaluation's reference samples without the mixture model) come from the trained
+        model's own sampler (the config refuses such samplers for training)."""
         policy, reference = ModelStream(unwrapped), self.reference.stream(unwrapped)
-        return draw(slots, policy, reference, inputs["prompt_input_ids"], inputs["prompt_attention_mask"], settings)
+        ids, mask = inputs["prompt_input_ids"], inputs["prompt_attention_mask"]
+        served = [slot for slot in slots if self.engine.serves(slot)]
+        if len(served) == len(slots):
+            return self.engine.generate(slots, ids, mask, settings, policy, reference)
+        native = draw([slot for slot in slots if not self.engine.serves(slot)], policy, reference, ids, mask, settings)
+        external = self.engine.generate(served, ids, mask, settings, policy, reference)
+        return merge_slots(slots, [self.engine.serves(slot) for slot in slots], external, native)
+
+    # ------------------------------------------------------------------ an external engine
+
+    def _sync_engine(self, model: nn.Module) -> None:
+        """Send the policy's weights to an external engine, once per optimizer step, before
+        it generates (under ZeRO-3 or FSDP every process gathers them; a server shared by
+        all processes is sent them by the main process)."""
+        if self.engine.uses_live_model or self._engine_step == self.state.global_step:
+            return
+        with self._generation_model(model) as unwrapped:
+            if self.engine.shared_by_processes and not self.accelerator.is_main_process:
+                metrics = {}
+            else:
+                if self._engine_step is None and self.engine.needs_reference_weights:
+                    self.engine.load_weights(reference_weights(self.reference, unwrapped))
+                with policy_weights(unwrapped) as weights:
+                    metrics = self.engine.load_weights(weights)
+        if self.engine.shared_by_processes:
+            self.accelerator.wait_for_everyone()  # nobody generates from the old weights
+        self._engine_step = self.state.global_step
+        self._engine_metrics.update(metrics)
+
+    def get_batch_samples(self, epoch_iterator, num_batches: int, device):
+        """The optimizer step's micro-batches; with an external engine, their samples are
+        generated here in one call (TRL's generation batch), and each micro-batch picks
+        its own up in `_sample_and_judge`. The native sampler runs per micro-batch: it
+        shares the trainer's memory."""
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self._pregenerated = []
+        reused = self.online.updates_per_batch > 1 and self.state.global_step % self.online.updates_per_batch != 0
+        if not self.engine.uses_live_model and batches and self.model.training and not reused:
+            self._pregenerate([self._prepare_inputs(batch) for batch in batches])
+        return batches, num_items
+
+    def _pregenerate(self, batches: list[Mapping[str, Any]]) -> None:
+        pad = self.processing_class.pad_token_id
+        ids = padded_cat([batch["prompt_input_ids"] for batch in batches], pad)
+        mask = padded_cat([batch["prompt_attention_mask"] for batch in batches], 0)
+        self._sync_engine(self.model_wrapped)
+        with self._generation_model(self.model_wrapped) as unwrapped:
+            samples = self._draw(
+                unwrapped, {"prompt_input_ids": ids, "prompt_attention_mask": mask}, self.slots, self.settings
+            )
+        start = 0
+        for batch in batches:
+            rows = slice(start, start + batch["prompt_input_ids"].size(0))
+            self._pregenerated.append((batch["prompt_input_ids"], select_rows(samples, rows)))
+            start = rows.stop
 
     def _decode(self, samples: GroupSamples) -> tuple[list[list[str]], list[list[list[int]]]]:
         """Each prompt's K completion texts, and their token ids."""
@@ -176,8 +244,12 @@ class OnlineTrainer(PreferenceTrainer):
         }
 
     def _sample_and_judge(self, model: nn.Module, inputs: Mapping[str, Any]) -> tuple[GroupSamples, Feedback]:
-        with self._generation_model(model) as unwrapped:
-            samples = self._draw(unwrapped, inputs, self.slots, self.settings)
+        if self._pregenerated and torch.equal(self._pregenerated[0][0], inputs["prompt_input_ids"]):
+            samples = self._pregenerated.pop(0)[1]
+        else:
+            self._sync_engine(model)
+            with self._generation_model(model) as unwrapped:
+                samples = self._draw(unwrapped, inputs, self.slots, self.settings)
         return samples, self._judge(inputs, samples)
 
     def _fresh(self, model: nn.Module, inputs: Mapping[str, Any], keep_old: bool):
@@ -259,6 +331,7 @@ class OnlineTrainer(PreferenceTrainer):
         self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None
     ) -> Tensor | tuple[Tensor, LossOutput]:
         batch, samples, feedback, old, stats = self._step_samples(model, inputs)
+        correction = self._engine_correction(samples)
         logps = self.batch_logps(
             model,
             batch,
@@ -266,8 +339,11 @@ class OnlineTrainer(PreferenceTrainer):
             preferences=feedback.preferences,
             truncated=~samples.finished.to(batch["mask"].device),
             completion_budget=self.online.max_new_tokens,
+            engine_correction=correction,
         )
         output = self.loss_fn(logps)
+        if correction is not None:
+            stats = {**stats, **self._engine_stats(logps, samples, batch)}
         output.loss = guard_nonfinite(self, model, output.loss, logps)
         output.metrics.update(self._sample_metrics(None if logps.reference is None else logps.logratios(), samples))
         output.metrics["online/preference"] = feedback.scores("preferences").mean().detach()
@@ -276,6 +352,56 @@ class OnlineTrainer(PreferenceTrainer):
             output.metrics[name], output.counts[name] = value.to(output.loss.device), torch.ones(())
         self._metrics["train"].add(output, batch["mask"])
         return (output.loss, output) if return_outputs else output.loss
+
+    def _engine_correction(self, samples: GroupSamples) -> EngineCorrection | None:
+        """An external engine's log-probs and the recipe's correction (None `mode`: measured
+        only, for a loss that cannot take it or with the correction off)."""
+        if self.engine.uses_live_model or samples.logprobs is None:
+            return None
+        online = self.online
+        on = online.vllm_importance_sampling_correction
+        if on is None:  # default: on wherever the loss can take it
+            on = "engine_ratio" in self.loss_fn.reads
+        return EngineCorrection(
+            samples.logprobs,
+            samples.from_policy,
+            online.vllm_importance_sampling_mode if on else None,
+            online.vllm_importance_sampling_clip_min,
+            online.vllm_importance_sampling_clip_max,
+        )
+
+    def _engine_stats(self, logps, samples: GroupSamples, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        """The engine's mismatch with the trainer on the policy's own samples:
+        |log pi_trainer - log pi_engine| per token (TRL's sampling_logp_difference), or per
+        completion for a loss without token log-probs; the last sync's time."""
+        mine = samples.from_policy.to(batch["mask"].device)
+        real = batch["mask"][:, mine]
+        if logps.tokens is not None:
+            mask = batch["completion_attention_mask"][:, mine].bool() & real[:, :, None]
+            # Against the sampling policy's log-probs (kept when the samples are reused for more updates).
+            sampling = logps.tokens.policy if logps.tokens.old_policy is None else logps.tokens.old_policy
+            diff = logp_mismatch(sampling[:, mine], samples.logprobs[:, mine], mask)
+            stats = {
+                "online/engine/logp_difference_mean": diff["mean"],
+                "online/engine/logp_difference_max": diff["max"],
+            }
+        else:
+            engine = (samples.logprobs[:, mine] * batch["completion_attention_mask"][:, mine]).sum(-1)
+            diff = logp_mismatch(logps.policy[:, mine], engine, real)
+            stats = {"online/engine/sequence_logp_difference_mean": diff["mean"]}
+        for name, value in self._engine_metrics.items():
+            stats[name] = torch.tensor(value)
+        self._engine_metrics = {}
+        return {name: value.detach().float().cpu() for name, value in stats.items()}
+
+    def close_engine(self) -> None:
+        """Free the generation engine (an in-process vLLM's memory, a server's connection)."""
+        self.engine.close()
+
+    def _before_generation_eval(self) -> None:
+        if self.generation_eval is not None:
+            self.generation_eval.engine = self.engine
+        self._sync_engine(self.model_wrapped)
 
     @staticmethod
     def _reward_metrics(feedback: Feedback, output: LossOutput) -> dict[str, Tensor]:
@@ -314,6 +440,7 @@ class OnlineTrainer(PreferenceTrainer):
         no reference, only the policy samples' length and missing-EOS rate)."""
         inputs = self._prepare_inputs(inputs)
         slots = [POLICY, REFERENCE] if self.reference.live else [POLICY]
+        self._sync_engine(model)
         with self._generation_model(model) as unwrapped:
             samples = self._draw(unwrapped, inputs, slots, self.eval_settings)
         metrics, logratios = {}, None

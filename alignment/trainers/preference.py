@@ -146,15 +146,26 @@ class PreferenceTrainer(Trainer):
             return
         if resume is not None and self.generation_eval.resume(self.args.output_dir):
             return
+        self._before_generation_eval()
         with self._generation_model(self.model_wrapped) as unwrapped:
             self.generation_eval.start(unwrapped, self.args.output_dir)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Trainer's evaluation, plus the `evaluation:` generation metrics on the held-out prompts."""
         if self.generation_eval is not None and eval_dataset is None:
+            self._before_generation_eval()
             with self._generation_model(self.model_wrapped) as unwrapped:
                 self._generation_metrics = self.generation_eval.evaluate(unwrapped, self.args.output_dir)
         return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+
+    def close_engine(self) -> None:
+        """Free the generation engine: offline there is none."""
+        return None
+
+    def _before_generation_eval(self) -> None:
+        """Before the evaluation by generation: nothing offline (the online trainer
+        brings its engine up to date here)."""
+        return None
 
     @staticmethod
     def _keeps_unneeded_reference(reference: Reference) -> bool:
