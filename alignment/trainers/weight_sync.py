@@ -12,6 +12,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from alignment.online.engines.base import REFERENCE_PREFIX
+from alignment.schema.values import ConfigError
 
 
 def _is_peft(model: nn.Module) -> bool:
@@ -35,7 +36,7 @@ def policy_weights(model: nn.Module) -> Iterator[list[tuple[str, Tensor]]]:
         yield list(model.state_dict().items())
         return
     if any(getattr(module, "quant_state", None) is not None for module in model.modules()):
-        raise ValueError("online.engine vllm: a quantized (QLoRA) policy cannot be sent to vLLM yet")
+        raise ConfigError("online.engine vllm: a quantized (QLoRA) policy cannot be sent to vLLM yet")
     model.merge_adapter()
     try:
         weights = [(bare, tensor) for name, tensor in model.state_dict().items() if (bare := _bare_name(name))]
@@ -54,5 +55,5 @@ def reference_weights(reference: Any, unwrapped_policy: nn.Module) -> list[tuple
     elif _is_peft(unwrapped_policy):
         items = [(bare, t) for name, t in unwrapped_policy.state_dict().items() if (bare := _bare_name(name))]
     else:
-        raise ValueError(f"online.engine vllm: the {reference.type!r} reference has no weights to send to vLLM")
+        raise ConfigError(f"online.engine vllm: the {reference.type!r} reference has no weights to send to vLLM")
     return [(REFERENCE_PREFIX + name, tensor) for name, tensor in items]

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from alignment.online.sampler import GenerationSettings, GroupSamples, ModelStream, Sampler
+from alignment.schema.values import ConfigError
 
 # The names under which an engine that samples from the reference too is sent its weights.
 REFERENCE_PREFIX = "reference."
@@ -58,7 +59,7 @@ class GenerationEngine(ABC):
         """Raise ValueError naming a sampler this engine cannot draw from."""
         for sampler in samplers:
             if not self.serves(sampler):
-                raise ValueError(
+                raise ConfigError(
                     f"online.engine {self.name} samples from the policy only; the {sampler.name} sampler "
                     "needs the reference's weights in the engine"
                 )

@@ -41,6 +41,7 @@ from alignment.online.engines.base import (
     vllm_available,
 )
 from alignment.online.sampler import POLICY, GenerationSettings, GroupSamples, ModelStream, Sampler
+from alignment.schema.values import ConfigError
 
 
 @dataclass
@@ -102,7 +103,7 @@ def check_head_dim(config: dict[str, Any], device: str) -> None:
 
         supported = CPUAttentionBackend.get_supported_head_sizes()
     if head_dim not in supported:
-        raise ValueError(
+        raise ConfigError(
             f"online.engine vllm: vLLM's CPU attention does not support head_dim {head_dim} "
             f"(supported: {', '.join(map(str, supported))}); use online.engine native for this model"
         )

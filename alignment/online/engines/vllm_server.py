@@ -85,6 +85,7 @@ from alignment.online.engines.vllm import (
     sampling_params,
 )
 from alignment.online.sampler import GenerationSettings, GroupSamples, ModelStream, Sampler
+from alignment.schema.values import ConfigError
 
 DEFAULT_GROUP_PORT = 51216
 CHUNK_BYTES = 256 * 2**20  # the most bytes of tensors packed into one broadcast
@@ -744,7 +745,7 @@ class VLLMServerEngine(GenerationEngine):
             except requests.RequestException as err:
                 reason = type(err).__name__
             if remaining <= 0:
-                raise ValueError(
+                raise ConfigError(
                     f"online.engine vllm-server: no vLLM server answers at {self.base_url} ({reason} after "
                     f"{timeout_s:g} s); start one with `alignment vllm-serve --model MODEL --port PORT`"
                 )
@@ -780,7 +781,7 @@ class VLLMServerEngine(GenerationEngine):
             if sampler.coef == 0.0:
                 continue
             if not self.mixture:
-                raise ValueError(
+                raise ConfigError(
                     f"online.engine vllm (server): the {sampler.name} sampler needs the reference, and the server at "
                     f"{self.base_url} holds the policy only; start it with `alignment vllm-serve --mixture ...`"
                 )
