@@ -207,6 +207,14 @@ def _prepare_split(
     return mixed
 
 
+# What to do about data of the wrong kind, in the words of a recipe (a trainer built from
+# objects says it in its own: alignment/data/in_memory.py).
+RECIPE_REMEDIES = {
+    "prompt": "add an `online:` section to the recipe, or use preference data",
+    "unpaired": "Train it with `loss: {name: kto}`, or give paired data",
+}
+
+
 def _prepare_source(
     src: SourceConfig,
     split: str,
@@ -215,20 +223,22 @@ def _prepare_source(
     chat_template: str | None,
     require_order: bool,
     unpaired: bool = False,
+    raw: RawSource | None = None,
+    remedies: dict[str, str] = RECIPE_REMEDIES,
 ) -> tuple[datasets.Dataset, SourceReport]:
+    """One source's rows (`raw`, or read from `src`) adapted, tokenized and checked, with its report."""
     label = source_label(src)
-    raw = load_source(src)
+    raw = load_source(src) if raw is None else raw
     layout = source_layout(raw, src, label, cfg.bad_rows)
     if layout == "prompt":
         raise DataError(
             f"data source {label}: it holds prompts only (no chosen/rejected or completions); prompt-only data is "
-            "for online training -- add an `online:` section to the recipe, or use preference data"
+            f"for online training -- {remedies['prompt']}"
         )
     if layout in UNPAIRED_LAYOUTS and not unpaired:
         raise DataError(
             f"data source {label}: it is unpaired ({LAYOUT_COLUMNS[layout]}): one completion per prompt with a "
-            "desirable label, no pair to compare; the recipe's loss learns from pairs or lists. Train it with "
-            "`loss: {name: kto}`, or give paired data"
+            f"desirable label, no pair to compare; the loss learns from pairs or lists. {remedies['unpaired']}"
         )
     report = SourceReport(source=label, split=split, layout=layout, rows_loaded=len(raw))
     adapt = {"layout": layout, "require_order": require_order, "system": src.system}

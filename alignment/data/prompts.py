@@ -32,7 +32,7 @@ from alignment.data.pipeline import (
     source_layout,
 )
 from alignment.data.rows import BOOKKEEPING_COLUMNS, BOOKKEEPING_FEATURES, code_version, map_rows
-from alignment.data.sources import load_source, mix, source_label, take_fraction
+from alignment.data.sources import RawSource, load_source, mix, source_label, take_fraction
 from alignment.data.tokenize import prompt_token_ids, resolve_chat_template
 from alignment.schema import DataConfig, SourceConfig
 
@@ -92,9 +92,11 @@ def _prepare_source(
     tokenizer: Any,
     chat_template: str | None,
     reports: list[SourceReport],
+    raw: RawSource | None = None,
 ) -> datasets.Dataset:
+    """One source's prompts (`raw`, or read from `src`), checked and tokenized; its report is appended to `reports`."""
     label = source_label(src)
-    raw = load_source(src)
+    raw = load_source(src) if raw is None else raw
     layout = source_layout(raw, src, label, cfg.bad_rows)
     report = SourceReport(source=label, split=split, layout=layout, rows_loaded=len(raw))
     reports.append(report)

@@ -9,7 +9,7 @@ accumulation, distributed setup, checkpoints and logging are the Trainer's, as o
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -17,13 +17,14 @@ from torch import Tensor, nn
 from torch.utils.data import Sampler as IndexSampler
 
 from alignment.data import PromptCollator
+from alignment.data.in_memory import tokenized_prompts
 from alignment.losses import LossOutput, PreferenceLoss
 from alignment.online.dynamic_sampling import Draw, assemble, informative_groups, padded_cat
 from alignment.online.engines.base import GenerationEngine, merge_slots, select_rows
 from alignment.online.engines.correction import EngineCorrection, logp_mismatch
 from alignment.online.engines.native import NativeEngine
 from alignment.online.feedback import Feedback, aggregate_rewards, judge_samples
-from alignment.online.judges import Judge
+from alignment.online.judges import Judge, RewardFunctionJudge, RewardJudge, RewardPanel, build_judge
 from alignment.online.sampler import (
     POLICY,
     REFERENCE,
@@ -35,7 +36,7 @@ from alignment.online.sampler import (
     draw,
     eos_ids,
 )
-from alignment.schema import OnlineConfig
+from alignment.schema import DataConfig, OnlineConfig, build_section
 from alignment.trainers.arguments import AlignmentTrainingArguments
 from alignment.trainers.faults import guard_nonfinite
 from alignment.trainers.preference import PreferenceTrainer
@@ -65,6 +66,69 @@ class RepeatedBatches(IndexSampler):
             yield from run
 
 
+JudgeLike = Judge | Callable[..., Any] | Sequence[Callable[..., Any] | RewardJudge]
+"""What OnlineTrainer takes as its judge: a `Judge`, a Python reward function, or a list of them."""
+
+
+def online_settings(online: OnlineConfig | Mapping[str, Any] | None, judge: JudgeLike | None) -> OnlineConfig:
+    """The `online:` settings: an `OnlineConfig`, or a mapping of the recipe's `online:` keys
+    checked as a recipe's are (None: the defaults). A mapping may leave out `judge` when the
+    judge is given as an object; the settings then record which function it is."""
+    if isinstance(online, OnlineConfig):
+        return online
+    raw = dict(online or {})
+    if "judge" not in raw:
+        if judge is None:
+            raise ValueError("OnlineTrainer needs a judge: a reward function, a Judge, or online.judge")
+        raw["judge"] = _described(judge)
+    return build_section(OnlineConfig, raw, "online")
+
+
+def _described(judge: JudgeLike) -> dict[str, Any] | list[dict[str, Any]]:
+    """A judge object as the `online.judge` entry that names it (`module:qualname`): the
+    resolved settings say what judged; the object itself is what the trainer calls."""
+    if isinstance(judge, Sequence) and not isinstance(judge, str):
+        return [_described(member) for member in judge]  # type: ignore[misc]
+    target = judge if callable(judge) and not isinstance(judge, Judge) else type(judge)
+    name = getattr(target, "__qualname__", None) or type(target).__qualname__
+    rewards = not isinstance(judge, Judge) or isinstance(judge, RewardJudge)
+    return {"type": "reward_function" if rewards else "callable", "function": f"{target.__module__}:{name}"}
+
+
+def judge_from(judge: JudgeLike | None, online: OnlineConfig, device: Any) -> Judge:
+    """The judge to call: a `Judge` as given; a Python function as a reward function
+    (`function(prompts, completions, **columns) -> list[float | None]`, TRL's reward
+    function); a list of them as a panel of equal weights, aggregated per
+    `online.multi_objective_aggregation`; None: the one `online.judge` describes."""
+    if judge is None:
+        return build_judge(online.judge, device, online.multi_objective_aggregation, online.max_new_tokens)
+    if isinstance(judge, Judge):
+        return judge
+    if callable(judge):
+        return RewardFunctionJudge(judge, _function_name(judge))
+    if isinstance(judge, Sequence) and not isinstance(judge, str) and judge:
+        members = []
+        for member in judge:
+            if isinstance(member, RewardJudge):
+                members.append((getattr(member, "short_name", member.name), member, 1.0))
+            elif callable(member) and not isinstance(member, Judge):
+                members.append((_function_name(member), RewardFunctionJudge(member, _function_name(member)), 1.0))
+            else:
+                raise TypeError(f"judge: a list holds reward functions or reward judges, got {member!r}")
+        # Each function's mean is logged under its name (`online/rewards/<name>`): two lambdas get two.
+        names = [name for name, _, _ in members]
+        members = [
+            (name if names.count(name) == 1 else f"{name}_{names[:i].count(name) + 1}", member, weight)
+            for i, (name, member, weight) in enumerate(members)
+        ]
+        return RewardPanel(members, online.multi_objective_aggregation)
+    raise TypeError(f"judge: expected a Judge, a reward function or a list of them, got {judge!r}")
+
+
+def _function_name(function: Callable[..., Any]) -> str:
+    return getattr(function, "__name__", None) or type(function).__name__
+
+
 class OnlineTrainer(PreferenceTrainer):
     """Nash-MD, online IPO/DPO, IPO-MD, SPO, SPPO, RLOO, GRPO, CoPG and the listwise losses
     online, chosen by the loss, the sampler and K.
@@ -72,7 +136,14 @@ class OnlineTrainer(PreferenceTrainer):
     Evaluation samples one completion from the trained policy and one from the reference
     per test prompt and reports the judged win rate P(y > y') as
     `eval_win_rate_vs_initial` (the reference is the initial policy) or
-    `eval_win_rate_vs_reference`."""
+    `eval_win_rate_vs_reference`.
+
+    Built from objects, as TRL's GRPOTrainer is: `judge` is a `Judge`, a Python reward
+    function or a list of them (`judge_from`), or None for the one `online.judge` names;
+    `online` an `OnlineConfig` or a mapping of its keys (`online_settings`; None: the
+    defaults); `train_dataset` and `eval_dataset` may be raw rows of any layout, whose
+    prompts are read and tokenized as a recipe's are. A loss that needs a reference, or a
+    sampler that draws from it, gets the default reference when none is given."""
 
     samples_online = True
 
@@ -81,14 +152,22 @@ class OnlineTrainer(PreferenceTrainer):
         model: nn.Module,
         args: AlignmentTrainingArguments,
         loss_fn: PreferenceLoss,
-        judge: Judge,
-        online: OnlineConfig,
+        judge: JudgeLike | None = None,
+        online: OnlineConfig | Mapping[str, Any] | None = None,
         processing_class=None,
         engine: GenerationEngine | None = None,
         **kwargs: Any,
     ) -> None:
         if processing_class is None:
             raise ValueError("OnlineTrainer needs the tokenizer (processing_class) to decode completions for the judge")
+        online = online_settings(online, judge)
+        if engine is None and online.engine != "native":
+            raise ValueError(
+                f"online.engine {online.engine!r}: pass the engine (alignment.online.engines.build_engine), "
+                "or train from a recipe, which builds it"
+            )
+        judge = judge_from(judge, online, args.device)
+        self.online = online  # read by _needs_reference, before the Trainer is set up
         super().__init__(
             model,
             args,
@@ -131,6 +210,14 @@ class OnlineTrainer(PreferenceTrainer):
     @staticmethod
     def _keeps_unneeded_reference(reference) -> bool:
         return reference.live  # the initial policy's samples, for eval_win_rate_vs_initial
+
+    def _needs_reference(self, loss_fn: PreferenceLoss) -> bool:
+        sampler = build_sampler(self.online.sampler, self.online.mixture_coef)
+        return loss_fn.needs_reference or sampler.needs_reference  # a mixture draws from the reference
+
+    def _tokenized(self, rows: Any, cfg: DataConfig, tokenizer: Any, split: str, name: str, loss_fn: PreferenceLoss):
+        """Raw rows -> the tokenized prompts a recipe's source of `split` gives."""
+        return tokenized_prompts(rows, cfg, tokenizer, split, name)
 
     def _get_train_sampler(self, train_dataset=None):
         base = super()._get_train_sampler(train_dataset)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -14,12 +15,13 @@ from transformers import PreTrainedModel, Trainer, TrainerCallback
 from trl.models.utils import unwrap_model_for_generation
 
 from alignment.data import PreferenceCollator
+from alignment.data.in_memory import data_settings, needs_tokenizing, tokenized_preferences
 from alignment.logprobs import PolicyForward, policy_forward
 from alignment.losses import LossOutput, PreferenceLoss, SequenceLogps
 from alignment.online.evaluation import GenerationEvaluation
-from alignment.reference import FrozenModel, NoReference, Reference
+from alignment.reference import FrozenModel, NoReference, PolicyBase, Reference
 from alignment.reference.updates import ReferenceUpdate
-from alignment.schema import ReferenceUpdateConfig
+from alignment.schema import DataConfig, ReferenceUpdateConfig
 from alignment.trainers.arguments import AlignmentTrainingArguments
 from alignment.trainers.checkpoints import mark_complete
 from alignment.trainers.faults import guard_nonfinite
@@ -50,6 +52,15 @@ class LossStepEnd(TrainerCallback):
                 self.trainer.loss_fn.load_state_dict(json.load(f))
 
 
+def default_reference(model: nn.Module, reference_update: ReferenceUpdateConfig | None = None) -> Reference:
+    """The reference a trainer given none uses (a recipe's `reference: auto`, and TRL's
+    default): the policy with its adapters disabled for a PEFT model (no second copy),
+    else a frozen copy of the model's current weights."""
+    if hasattr(model, "disable_adapter"):
+        return PolicyBase(is_initial=reference_update is None)
+    return FrozenModel(copy.deepcopy(model))
+
+
 class PreferenceTrainer(Trainer):
     """Trains a policy with any registered loss. The loop, accumulation, distributed
     setup, checkpoints, resume and logging are the Trainer's own; this class only
@@ -58,9 +69,20 @@ class PreferenceTrainer(Trainer):
 
     `reference` is a strategy from `alignment.reference` (a frozen model, the LoRA
     policy's base, precomputed log-probs, a soup or none); `ref_model`, as in TRL, is the
-    shorthand for a frozen copy. A reference-free loss never runs a reference forward;
-    offline it drops the reference, online it keeps a live one to sample the initial
-    policy for the evaluation's win rate."""
+    shorthand for a frozen copy. Given neither, a loss that needs a reference gets what a
+    recipe's `reference: auto` gives, as TRL does: the policy with its adapters disabled
+    for a PEFT model, else a frozen copy of `model` as it is now. A reference-free loss
+    never runs a reference forward; offline it drops the reference, online it keeps a
+    live one to sample the initial policy for the evaluation's win rate.
+
+    `train_dataset` and `eval_dataset` are tokenized lists (`alignment.data.build_datasets`)
+    or, as in TRL, a `datasets.Dataset` of raw rows in any layout the recipe's data takes
+    (prompt/chosen/rejected, chat messages, ranked lists, unpaired rows for KTO, ...): those
+    are adapted and tokenized here exactly as a recipe's one source would be
+    (`alignment.data.in_memory`), with `data_config`'s settings (a `DataConfig` or a mapping
+    of the recipe's `data:` keys: `max_length`, `max_prompt_length`, `chat_template`,
+    `bad_rows`, `seed`, a source's `layout` and `columns`; the defaults when None). A
+    tokenizer without a pad token pads with EOS, as the recipe's does."""
 
     samples_online = False  # the batches are the data's lists (OnlineTrainer: prompts, sampled each step)
 
@@ -75,10 +97,18 @@ class PreferenceTrainer(Trainer):
         data_collator=None,
         model_card: Callable[[Mapping[str, float]], str] | None = None,
         reference_update: ReferenceUpdateConfig | None = None,
+        data_config: DataConfig | Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         if reference is not None and ref_model is not None:
             raise ValueError("give reference (a strategy) or ref_model (a frozen copy), not both")
+        if processing_class is not None and getattr(processing_class, "pad_token_id", 0) is None:
+            if processing_class.eos_token_id is None:
+                raise ValueError("the tokenizer (processing_class) has neither a pad nor an EOS token")
+            processing_class.pad_token = processing_class.eos_token  # as alignment.models.load_tokenizer
+        self._tokenize_raw_rows(kwargs, loss_fn, processing_class, data_config)
+        if reference is None and ref_model is None and self._needs_reference(loss_fn):
+            reference = default_reference(model, reference_update)
         if reference is None:
             reference = NoReference() if ref_model is None else FrozenModel(ref_model)
         if not loss_fn.needs_reference and not self._keeps_unneeded_reference(reference):
@@ -112,6 +142,50 @@ class PreferenceTrainer(Trainer):
         self.final_metrics: dict[str, float] = {}  # what the model card reports
         self.generation_eval: GenerationEvaluation | None = None  # the recipe's `evaluation:` section
         self._generation_metrics: dict[str, float] = {}
+
+    def _needs_reference(self, loss_fn: PreferenceLoss) -> bool:
+        """Whether a trainer given no reference builds one: when the loss reads its log-probs."""
+        return loss_fn.needs_reference
+
+    def _tokenize_raw_rows(
+        self,
+        given: dict[str, Any],
+        loss_fn: PreferenceLoss,
+        tokenizer: Any,
+        data_config: DataConfig | Mapping[str, Any] | None,
+    ) -> None:
+        """Raw rows in `train_dataset` / `eval_dataset` (a dict of eval sets included)
+        replaced, in `given` (the Trainer's keyword arguments), by their tokenized lists."""
+        raw = {
+            key: value
+            for key, value in given.items()
+            if key in ("train_dataset", "eval_dataset")
+            and (needs_tokenizing(value) or (isinstance(value, Mapping) and any(map(needs_tokenizing, value.values()))))
+        }
+        if not raw:
+            return
+        if tokenizer is None:
+            raise ValueError(
+                f"{next(iter(raw))} holds raw rows: pass the tokenizer (processing_class) to tokenize them"
+            )
+        cfg = data_settings(data_config)
+        for key, value in raw.items():
+            split = "train" if key == "train_dataset" else "test"
+            if isinstance(value, Mapping):
+                given[key] = {
+                    name: self._tokenized(part, cfg, tokenizer, split, f"{key}[{name!r}]", loss_fn)
+                    if needs_tokenizing(part)
+                    else part
+                    for name, part in value.items()
+                }
+            else:
+                given[key] = self._tokenized(value, cfg, tokenizer, split, key, loss_fn)
+
+    def _tokenized(self, rows: Any, cfg: DataConfig, tokenizer: Any, split: str, name: str, loss_fn: PreferenceLoss):
+        """Raw rows -> the tokenized lists a recipe's source of `split` gives (with the
+        unpaired rows the loss takes, as `alignment.run.build_data`)."""
+        unpaired = loss_fn.model_head == "policy" and loss_fn.accepts_unpaired
+        return tokenized_preferences(rows, cfg, tokenizer, split, name, require_order=True, unpaired=unpaired)
 
     def create_model_card(self, **kwargs: Any) -> None:
         """Our card (`alignment.tools.model_card`: base model, data, loss, final metrics), which
