@@ -109,11 +109,8 @@ def _train(config: Config, trainer_box: list) -> dict[str, float]:
                 f.write(resolved)
         result, preemption = _train_loop(config, training_args, trainer, resume)
     if preemption.preempted_at is not None:
-        raise Preempted(
-            f"stopped by {preemption.signal_name} at step {preemption.preempted_at}; checkpoint-"
-            f"{preemption.preempted_at} is saved in {training_args.output_dir}. Rerun with "
-            "--training.resume_from_checkpoint=latest to continue",
-            exit_code=preemption.exit_code,
+        raise Preempted.at_step(
+            preemption.signal_name, preemption.preempted_at, training_args.output_dir, preemption.exit_code
         )
 
     final_model = lambda: {"weights": weights_bytes(policy)}  # noqa: E731

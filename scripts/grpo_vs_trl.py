@@ -2,7 +2,7 @@
 GRPOTrainer given the same training wall time, then both graded the same way.
 
     python scripts/prepare_smollm2.py      # once
-    python scripts/grpo_vs_trl.py          # writes benchmarks/grpo-recipe-vs-trl.json
+    python scripts/grpo_vs_trl.py          # writes benchmarks/grpo-recipe-vs-trl-<YYYY-MM-DD>-<commit7>.json
 
 1. Ours: the recipe as a user runs it, `accelerate launch --num_processes 1
    scripts/train.py --config recipes/smollm2-135m/grpo.yaml` (a subprocess, its whole
@@ -33,10 +33,8 @@ count, both sides' accuracy before/after, steps and times.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -46,42 +44,13 @@ import torch
 from transformers import TrainerCallback
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "scripts") not in sys.path:  # scripts/ is not a package
+    sys.path.insert(0, str(ROOT / "scripts"))
+import benchmark  # noqa: E402  (the records: file naming and provenance)
+
 RECIPE = "recipes/smollm2-135m/grpo.yaml"
-OUT = "benchmarks/grpo-recipe-vs-trl.json"
+SERIES = "grpo-recipe-vs-trl"
 WORK = "outputs/grpo-vs-trl"  # git-ignored
-
-
-def git_commit() -> str:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
-        return commit + (" (with uncommitted changes)" if dirty.strip() else "")
-    except OSError:
-        return "unknown"
-
-
-def cpu_model() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def versions() -> dict[str, str]:
-    import accelerate
-    import transformers
-    import trl
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "trl": trl.__version__,
-        "accelerate": accelerate.__version__,
-    }
 
 
 # ----------------------------------------------------------------------------- ours
@@ -341,7 +310,9 @@ def table(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--recipe", default=RECIPE)
-    parser.add_argument("--out", default=OUT, help="the JSON file to write")
+    parser.add_argument(
+        "--out", help=f"the JSON file to write (default benchmarks/{SERIES}-<YYYY-MM-DD>-<commit7>.json)"
+    )
     parser.add_argument("--work-dir", default=WORK, help="our run's output directory and TRL's")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of both sides (OMP_NUM_THREADS)")
     parser.add_argument("--ours-dir", help="reuse this finished run of the recipe instead of running it")
@@ -351,13 +322,11 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = parser.parse_known_args(argv)
 
     record = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]) if argv is None else " ".join(argv),
-        "date": datetime.date.today().isoformat(),
-        "git_commit": git_commit(),
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": args.threads,
-        "versions": versions(),
+        "preset": SERIES,
+        "series": SERIES,
+        **benchmark.provenance(["python", "scripts/grpo_vs_trl.py", *(sys.argv[1:] if argv is None else argv)]),
+        "torch_threads": args.threads,  # both sides' OMP_NUM_THREADS
+        "versions": benchmark.package_versions("torch", "transformers", "trl", "accelerate"),
         "recipe": args.recipe,
         "overrides": overrides,
         "settings": settings(args.recipe, overrides),
@@ -371,9 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     record["trl"] = run_trl(args.recipe, seconds, args.threads, overrides, workdir, not args.no_generate_check)
     # The same evaluation on the same initial weights: the step-0 accuracies must agree.
     record["same_step0_accuracy"] = record["ours"]["accuracy_before"] == record["trl"]["accuracy_before"]
-    out = ROOT / args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    out = benchmark.write_record(record, args.out and str(ROOT / args.out))
     print(table(record))
     if not record["same_step0_accuracy"]:
         print("WARNING: the two sides' step-0 accuracies differ: not the same evaluation", file=sys.stderr)

@@ -149,7 +149,7 @@ def test_alignment_losses_lists_every_loss_with_paper_and_defaults(capsys):
     lines = capsys.readouterr().out.splitlines()
     # Each loss is a header line "name: summary" followed by indented paper/formula/parameters lines.
     headers = {line.split(":")[0]: i for i, line in enumerate(lines) if not line.startswith(" ")}
-    # Every registered loss, whatever is added later; the ones the README documents among them.
+    # Every registered loss, whatever is added later; the ones the docs name among them.
     assert set(headers) == set(available_losses())
     assert set(headers) >= {
         *("dpo", "ipo", "rdpo", "rpo", "hinge", "lipo", "listmle", "nash_md", "online_ipo"),

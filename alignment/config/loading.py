@@ -33,7 +33,15 @@ from alignment.schema.sections import (
     QuantizationConfig,
     ReferenceConfig,
 )
-from alignment.schema.values import SECTIONS, ConfigError, DuplicateKeyError, build_section, coerce, read_yaml
+from alignment.schema.values import (
+    SECTIONS,
+    ConfigError,
+    DuplicateKeyError,
+    build_section,
+    coerce,
+    read_yaml,
+    yaml_problem,
+)
 from alignment.trainers.arguments import AlignmentTrainingArguments, checked_training_values
 from alignment.trainers.output_dir import writable_problem
 
@@ -103,7 +111,7 @@ def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None
         except DuplicateKeyError as err:
             raise ConfigError(f"{path}: {err}") from None
         except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+            raise ConfigError(f"{path}: not valid YAML: {yaml_problem(err)}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: a recipe is a mapping of sections ({', '.join(SECTIONS)})")
     if isinstance(raw.get("reference"), str):  # shorthand `reference: model`, before overrides edit it

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from alignment.losses import UnknownLossError, loss_class
-from alignment.schema.values import OPTIONAL_SECTIONS, SECTIONS, ConfigError, read_yaml
+from alignment.schema.values import OPTIONAL_SECTIONS, SECTIONS, ConfigError, read_yaml, yaml_problem
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def parse_override(arg: str) -> tuple[list[str], Any]:
     try:
         value = read_yaml(text) if text != "" else ""
     except yaml.YAMLError as err:
-        raise ConfigError(f"override {arg!r}: value is not valid YAML: {err}") from None
+        raise ConfigError(f"override {arg!r}: value is not valid YAML: {yaml_problem(err)}") from None
     return parts, value
 
 

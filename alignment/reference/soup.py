@@ -9,9 +9,12 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from alignment.schema import ConfigError
 
-class SoupError(ValueError):
-    """The checkpoints cannot be averaged: different architectures or integer buffers."""
+
+class SoupError(ConfigError):
+    """The checkpoints cannot be averaged: different architectures or integer buffers.
+    A recipe's problem (`reference.models`), so the command line reports it as a config error."""
 
 
 def _check_member(first: Mapping[str, Tensor], member: Mapping[str, Tensor], names: tuple[str, str]) -> None:

@@ -63,6 +63,14 @@ def read_yaml(text: str) -> Any:
     return yaml.load(text, Loader=RecipeLoader)  # a SafeLoader subclass: no Python objects
 
 
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error on one line: where, and what (PyYAML's own text spans several lines)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}"
+
+
 def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 

@@ -33,6 +33,15 @@ class Preempted(RuntimeError):
         super().__init__(message)
         self.exit_code = exit_code
 
+    @classmethod
+    def at_step(cls, signal_name: str, step: int, output_dir: str, exit_code: int) -> Preempted:
+        """The stop after `signal_name` at `step`, with the checkpoint it saved and how to resume."""
+        return cls(
+            f"stopped by {signal_name} at step {step}; checkpoint-{step} is saved in {output_dir}. "
+            "Rerun with --training.resume_from_checkpoint=latest to continue",
+            exit_code=exit_code,
+        )
+
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or inf and `training.nonfinite_loss` is `stop`."""

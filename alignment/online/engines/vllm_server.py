@@ -649,7 +649,7 @@ def serve_main(argv: list[str]) -> int:
     """`alignment vllm-serve`: the command line of `serve`."""
     parser = argparse.ArgumentParser(
         prog="alignment vllm-serve",
-        description="Serve a model with vLLM for online training (online.engine vllm-server).",
+        description="Serve a model with vLLM for online training (online.engine: vllm, vllm_mode: server).",
     )
     parser.add_argument("--model", required=True, help="a transformers directory with safetensors, or a hub id")
     parser.add_argument(
@@ -746,7 +746,7 @@ class VLLMServerEngine(GenerationEngine):
                 reason = type(err).__name__
             if remaining <= 0:
                 raise ConfigError(
-                    f"online.engine vllm-server: no vLLM server answers at {self.base_url} ({reason} after "
+                    f"online.vllm_mode server: no vLLM server answers at {self.base_url} ({reason} after "
                     f"{timeout_s:g} s); start one with `alignment vllm-serve --model MODEL --port PORT`"
                 )
             time.sleep(min(1.0, max(0.0, remaining)))
