@@ -183,7 +183,7 @@ def _key_tables(text: str) -> dict[str, list[list[str]]]:
     """docs/configuration.md's key tables by section: under a `### `section`` heading
     (`| key | ...`), or headed `| `section` key | ...`; each row's cells."""
     tables: dict[str, list[list[str]]] = {}
-    section = None
+    section, current = None, None
     for line in text.splitlines():
         heading = re.match(r"^#{2,4} `(\w+)`", line)
         if heading:

@@ -105,16 +105,14 @@ def judge_from(judge: JudgeLike | None, online: OnlineConfig, device: Any) -> Ju
     if isinstance(judge, Judge):
         return judge
     if callable(judge):
-        return RewardFunctionJudge(judge, _function_name(judge))
+        return _reward_judge(judge)
     if isinstance(judge, Sequence) and not isinstance(judge, str) and judge:
         members = []
         for member in judge:
-            if isinstance(member, RewardJudge):
-                members.append((getattr(member, "short_name", member.name), member, 1.0))
-            elif callable(member) and not isinstance(member, Judge):
-                members.append((_function_name(member), RewardFunctionJudge(member, _function_name(member)), 1.0))
-            else:
+            reward = _reward_judge(member) if callable(member) and not isinstance(member, Judge) else member
+            if not isinstance(reward, RewardJudge):
                 raise TypeError(f"judge: a list holds reward functions or reward judges, got {member!r}")
+            members.append((getattr(reward, "short_name", reward.name), reward, 1.0))
         # Each function's mean is logged under its name (`online/rewards/<name>`): two lambdas get two.
         names = [name for name, _, _ in members]
         members = [
@@ -125,8 +123,9 @@ def judge_from(judge: JudgeLike | None, online: OnlineConfig, device: Any) -> Ju
     raise TypeError(f"judge: expected a Judge, a reward function or a list of them, got {judge!r}")
 
 
-def _function_name(function: Callable[..., Any]) -> str:
-    return getattr(function, "__name__", None) or type(function).__name__
+def _reward_judge(function: Callable[..., Any]) -> RewardFunctionJudge:
+    """A Python reward function as a judge, named (and logged) by its `__name__`."""
+    return RewardFunctionJudge(function, getattr(function, "__name__", None) or type(function).__name__)
 
 
 class OnlineTrainer(PreferenceTrainer):
